@@ -1,0 +1,112 @@
+"""The composition root: builds every part of the daemon from one Settings object.
+
+Nothing else constructs collaborators or touches pynetdicom's globals; tests build
+a :class:`Daemon` the same way ``qcd serve`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from pynetdicom import _config as pynetdicom_config
+from sqlalchemy import text
+
+from qcd.analyzers import REGISTRY
+from qcd.assembly import CompletionSweeper
+from qcd.config import Settings
+from qcd.db.engine import Database
+from qcd.db.queries import job_counts
+from qcd.ingest.scp import StorageSCP
+from qcd.ingest.service import IngestService
+from qcd.metrics import Metrics
+from qcd.scheduler import add_interval, build_scheduler
+from qcd.spool import Spool
+from qcd.web.http import HealthServer
+
+LOGGER = logging.getLogger(__name__)
+
+
+def configure_pynetdicom() -> None:
+    """pynetdicom's module globals, set once: no identifiers (PHI) in its logs."""
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = False
+
+
+def build_ingest(settings: Settings, metrics: Metrics) -> tuple[Database, Spool, IngestService]:
+    """The pieces every ingest path needs (the SCP and ``qcd import``)."""
+    db = Database(settings.database.url, echo=settings.database.echo)
+    if settings.database.auto_upgrade:
+        db.upgrade()
+    else:
+        db.check()
+    spool = Spool(settings.spool.path, settings.spool.min_free_bytes, settings.spool.fsync)
+    service = IngestService(spool, db, metrics, settings.assembly.reopen_on_late_instance)
+    return db, spool, service
+
+
+class Daemon:
+    """``qcd serve``: listener, spool, database, scheduler and health endpoints."""
+
+    def __init__(self, settings: Settings) -> None:
+        configure_pynetdicom()
+        self.settings = settings
+        self.metrics = Metrics()
+        self.db, self.spool, self.service = build_ingest(settings, self.metrics)
+        self.scp = StorageSCP(settings.node.ae_title, settings.ingest, self.service, self.metrics)
+        self.sweeper = CompletionSweeper(settings, self.db, self.metrics, REGISTRY.keys())
+        self.scheduler = build_scheduler()
+        self.metrics.watch_spool(lambda: float(self.spool.free_bytes()))
+        self.metrics.watch_queue(lambda: job_counts(self.db))
+        self.http: HealthServer | None = None
+        if settings.http.enabled:
+            self.http = HealthServer(
+                settings.http.host, settings.http.port, self.metrics.registry,
+                liveness={"scheduler": lambda: bool(self.scheduler.running)},
+                readiness={
+                    "dicom_listener": lambda: self.scp.server is not None,
+                    "database": self._db_ok,
+                    "spool_floor": lambda: self.spool.free_bytes() >= self.spool.min_free_bytes,
+                },
+            )
+        self._stop = threading.Event()
+
+    def _db_ok(self) -> bool:
+        with self.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+
+    def start(self) -> None:
+        self.spool.cleanup_temp()
+        self.scp.start()
+        add_interval(self.scheduler, "completion-sweep", self.sweeper.sweep,
+                     self.settings.assembly.sweep_interval_seconds)
+        self.scheduler.start()
+        if self.http is not None:
+            self.http.start()
+        LOGGER.info("qcd ready: AE %s, spool %s, database %s", self.settings.node.ae_title,
+                    self.spool.root, self.db.safe_url)
+
+    def stop(self) -> None:
+        """Drain associations, stop the scheduler, close everything."""
+        LOGGER.info("shutting down: draining associations")
+        aborted = self.scp.stop()
+        self.scheduler.shutdown(wait=True)
+        if self.http is not None:
+            self.http.stop()
+        self.db.dispose()
+        LOGGER.info("qcd stopped (%d association(s) aborted after drain timeout)", aborted)
+
+    def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
+        self._stop.set()
+
+    def run_forever(self) -> None:
+        """Start, wait for SIGTERM/SIGINT, then stop cleanly."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        self._stop.wait()
+        self.stop()

@@ -1,0 +1,214 @@
+"""``qcd`` command line: thin wrappers over importable functions.
+
+Exit codes: 0 success, 1 some instances failed, 2 invalid configuration or usage,
+3 a runtime error (database, network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+
+from qcd import __version__
+from qcd.config import Settings, load_settings
+from qcd.errors import ConfigError, QcdError
+from qcd.logsetup import configure_logging
+
+LOGGER = logging.getLogger("qcd.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qcd", description="DICOM quality-control daemon")
+    p.add_argument("--version", action="version", version=f"qcd {__version__}")
+    p.add_argument("-c", "--config", help="TOML config file (default: $QCD_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the daemon (DICOM listener, scheduler, metrics)")
+    check = sub.add_parser("check-config", help="validate and print the effective config")
+    check.add_argument("--json", action="store_true", help="print JSON instead of TOML-ish")
+    db = sub.add_parser("db", help="database maintenance")
+    db.add_argument("action", choices=["upgrade", "current"])
+    status = sub.add_parser("status", help="counts of series and jobs by state")
+    status.add_argument("--json", action="store_true")
+    send = sub.add_parser("send", help="send DICOM files to a Storage SCP")
+    send.add_argument("paths", nargs="+", help="files or directories")
+    send.add_argument("--to", required=True, metavar="HOST:PORT")
+    send.add_argument("--aec", default="QCD", help="called AE title (default QCD)")
+    send.add_argument("--aet", default="QCDSEND", help="calling AE title (default QCDSEND)")
+    imp = sub.add_parser("import", help="ingest files from disk through the SCP's path")
+    imp.add_argument("paths", nargs="+", help="files or directories")
+    demo = sub.add_parser("demo-study", help="write a synthetic multi-series study")
+    demo.add_argument("out_dir")
+    demo.add_argument("--size", type=int, default=64, help="image rows/columns")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"qcd: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.logging)
+    try:
+        return _COMMANDS[args.command](settings, args)
+    except ConfigError as exc:
+        print(f"qcd: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except QcdError as exc:
+        print(f"qcd: {exc}", file=sys.stderr)
+        return 3
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from qcd.app import Daemon
+
+    Daemon(settings).run_forever()
+    return 0
+
+
+def _check_config(settings: Settings, args: argparse.Namespace) -> int:
+    data = settings.to_dict()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(_to_toml(data))
+    return 0
+
+
+def _db(settings: Settings, args: argparse.Namespace) -> int:
+    from qcd.db.engine import Database
+
+    db = Database(settings.database.url)
+    try:
+        if args.action == "upgrade":
+            db.upgrade()
+        print(f"{db.safe_url}: revision {db.current_revision()} (head {db.head_revision()})")
+    finally:
+        db.dispose()
+    return 0
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from qcd.db.engine import Database
+    from qcd.db.queries import status_summary
+
+    db = Database(settings.database.url)
+    try:
+        db.check()
+        summary = status_summary(db)
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"studies:   {summary['studies']}")
+        print(f"instances: {summary['instances']}")
+        for key in ("series", "jobs"):
+            counts = summary[key]
+            assert isinstance(counts, dict)
+            text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+            print(f"{key + ':':<10} {text}")
+    return 0
+
+
+def _send(settings: Settings, args: argparse.Namespace) -> int:
+    from qcd.importer import iter_files
+    from qcd.ingest.status import NAMES
+    from qcd.scu import send_files
+
+    host, _, port = args.to.rpartition(":")
+    if not host or not port.isdigit():
+        print("qcd: --to must be HOST:PORT", file=sys.stderr)
+        return 2
+    results = send_files(list(iter_files(args.paths)), host, int(port), args.aec, args.aet)
+    failed = 0
+    for r in results:
+        if r.status != 0:
+            failed += 1
+            name = NAMES.get(r.status, "") if r.status is not None else ""
+            code = f"0x{r.status:04X}" if r.status is not None else "none"
+            print(f"{r.path}: {code} {name} {r.comment}".rstrip())
+    print(f"sent {len(results) - failed} of {len(results)} file(s)")
+    return 1 if failed else 0
+
+
+def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from qcd.app import build_ingest, configure_pynetdicom
+    from qcd.importer import import_paths
+    from qcd.metrics import Metrics
+
+    configure_pynetdicom()
+    db, _, service = build_ingest(settings, Metrics())
+    try:
+        counts = import_paths(service, args.paths)
+    finally:
+        db.dispose()
+    ok = counts.pop(0, 0)
+    print(f"imported {ok} instance(s); refused {sum(counts.values())}"
+          + "".join(f", 0x{k:04X} x{v}" for k, v in sorted(counts.items())))
+    return 1 if counts else 0
+
+
+def _demo_study(settings: Settings, args: argparse.Namespace) -> int:
+    from qcd.synth import make_study
+
+    paths = make_study(args.out_dir, size=args.size)
+    print(f"wrote {len(paths)} instance(s) to {args.out_dir}")
+    return 0
+
+
+def _to_toml(data: dict[str, object], prefix: str = "") -> str:
+    """Render the settings as TOML (round-trips through tomllib)."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, object]]] = []
+    arrays: list[tuple[str, list[dict[str, object]]]] = []
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            tables.append((name, value))
+        elif isinstance(value, dict) and not prefix:
+            tables.append((name, value))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            arrays.append((name, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    out = "\n".join(lines)
+    for name, table in tables:
+        out += f"\n\n[{name}]\n" + _to_toml(table, name)
+    for name, items in arrays:
+        for item in items:
+            out += f"\n\n[[{name}]]\n" + _to_toml(item, name)
+    return out.strip()
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+_COMMANDS = {
+    "serve": _serve,
+    "check-config": _check_config,
+    "db": _db,
+    "status": _status,
+    "send": _send,
+    "import": _import,
+    "demo-study": _demo_study,
+}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""One typed, immutable settings object: defaults < TOML file < ``QCD_*`` environment.
+
+Settings are loaded once by the entry point and passed down; nothing reads the
+environment or the file again. Environment keys are ``QCD_<SECTION>__<KEY>``, e.g.
+``QCD_INGEST__PORT=11113``; lists are comma-separated; ``QCD_CONFIG`` names the TOML
+file. Every invalid value raises :class:`~qcd.errors.ConfigError` naming the key and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qcd.errors import ConfigError
+
+ENV_PREFIX = "QCD_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+MODALITY_RE = re.compile(r"^[A-Z]{2,16}$")
+AE_TITLE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}$")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Identity of this qcd node."""
+
+    ae_title: str = "QCD"
+    """Our DICOM AE title (1-16 characters, no backslash)."""
+    site: str = ""
+    """Free-text site label used in logs and dashboards (never patient data)."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Optional TLS on the DICOM listener (both ends of the trust chain are files)."""
+
+    enabled: bool = False
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    """CA bundle used to verify client certificates; empty means no client check."""
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """The Storage SCP and its association policy."""
+
+    host: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aets: tuple[str, ...] = ()
+    """Calling AE titles accepted; empty accepts every caller (logged at start)."""
+    allowed_networks: tuple[str, ...] = ()
+    """Source IP networks accepted (CIDR); empty accepts every address (logged)."""
+    require_called_aet: bool = True
+    """Reject associations whose called AE title is not ours."""
+    max_associations: int = 16
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    max_pdu: int = 1048576
+    """Maximum PDU we receive; 1 MiB measured faster than the 16 KiB default."""
+    drain_timeout: float = 30.0
+    """Seconds SIGTERM waits for in-flight associations before aborting them."""
+    tls: TlsSettings = field(default_factory=TlsSettings)
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    """Where received instances are kept."""
+
+    path: str = "var/spool"
+    min_free_bytes: int = 512 * 1024 * 1024
+    """Refuse instances (status 0xA700) when free space would drop below this."""
+    fsync: bool = True
+    """fsync file and directory before answering Success; only turn off for tests."""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """The SQL database (SQLite by default, PostgreSQL in production)."""
+
+    url: str = "sqlite:///var/qcd.db"
+    auto_upgrade: bool = True
+    """Apply pending migrations when ``qcd serve`` starts."""
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class AssemblySettings:
+    """When is a series complete."""
+
+    quiet_seconds: float = 10.0
+    """A series is complete when no instance arrived for this long."""
+    quiet_seconds_by_modality: Mapping[str, float] = field(default_factory=dict)
+    """Per-modality overrides, e.g. ``{PT = 30}``."""
+    sweep_interval_seconds: float = 1.0
+    reopen_on_late_instance: bool = True
+    """A late instance re-opens a completed series for re-analysis."""
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """A declarative rule sending matching series to one analyzer.
+
+    Empty fields match anything; ``modalities`` is a set, the others are regular
+    expressions searched case-insensitively.
+    """
+
+    analyzer: str
+    modalities: tuple[str, ...] = ()
+    body_part: str = ""
+    manufacturer: str = ""
+    series_description: str = ""
+
+
+DEFAULT_ROUTES: tuple[RouteRule, ...] = (
+    RouteRule(analyzer="earl", modalities=("PT",)),
+    RouteRule(analyzer="motion", modalities=("CT",), manufacturer="scanco"),
+    RouteRule(analyzer="chest", modalities=("CR", "DX"), body_part="chest|thorax"),
+    RouteRule(
+        analyzer="atrium",
+        modalities=("MR",),
+        series_description=r"atri|cardiac|heart|cine|lge|\bla\b",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """Routing rules; every matching rule yields one job."""
+
+    rules: tuple[RouteRule, ...] = DEFAULT_ROUTES
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP endpoint for ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything qcd can be told; built once by :func:`load_settings`."""
+
+    node: NodeSettings = field(default_factory=NodeSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    assembly: AssemblySettings = field(default_factory=AssemblySettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    def quiet_seconds_for(self, modality: str | None) -> float:
+        """The quiet period that applies to a series of ``modality``."""
+        overrides = self.assembly.quiet_seconds_by_modality
+        return float(overrides.get((modality or "").upper(), self.assembly.quiet_seconds))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, printable copy (secrets are file paths, so nothing to mask)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from defaults, an optional TOML file and the environment.
+
+    Parameters
+    ----------
+    path
+        TOML file; if ``None``, ``$QCD_CONFIG`` is used when set.
+    environ
+        Environment to read ``QCD_*`` keys from (default: ``os.environ``).
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, unknown key, or a value of the wrong type or range.
+    """
+    env = dict(os.environ if environ is None else environ)
+    raw: dict[str, Any] = {}
+    file = path if path is not None else env.get(ENV_PREFIX + "CONFIG")
+    if file:
+        try:
+            with open(file, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from exc
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) != 2:
+            raise ConfigError(
+                f"environment variable {key}: expected QCD_<SECTION>__<KEY>, "
+                f"e.g. QCD_INGEST__PORT"
+            )
+        raw.setdefault(parts[0], {})
+        if not isinstance(raw[parts[0]], dict):
+            raise ConfigError(f"[{parts[0]}] must be a table")
+        raw[parts[0]][parts[1]] = _EnvString(value)
+    settings = _build(Settings, raw, "")
+    _validate(settings)
+    return settings
+
+
+class _EnvString(str):
+    """A string from the environment, coerced to the field's type when built."""
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where or 'config'}: must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {_key(where, unknown[0])}; allowed keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {name: _coerce(hints[name], raw[name], _key(where, name)) for name in raw}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from exc
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, _EnvString) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, _EnvString) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        try:
+            if isinstance(value, bool) or isinstance(value, float):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, _EnvString):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [_EnvString(v) for v in value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or (
+        isinstance(origin, type) and issubclass(origin, Mapping)
+    ):
+        _, val_tp = typing.get_args(tp)
+        if isinstance(value, _EnvString):
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ConfigError(f"{key}: expected KEY=VALUE[,KEY=VALUE], got {value!r}")
+            value = {k.strip(): _EnvString(v.strip()) for k, v in pairs}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return types.MappingProxyType(
+            {str(k): _coerce(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+        )
+    raise TypeError(f"unsupported settings type {tp!r} for {key}")  # programming error
+
+
+def _validate(s: Settings) -> None:
+    """Range and enum checks that types alone cannot express."""
+
+    def need(ok: bool, key: str, allowed: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {allowed}")
+
+    for key, aet in [("node.ae_title", s.node.ae_title)] + [
+        (f"ingest.allowed_calling_aets[{i}]", a)
+        for i, a in enumerate(s.ingest.allowed_calling_aets)
+    ]:
+        need(bool(AE_TITLE_RE.match(aet)), key, "1-16 printable ASCII characters, no backslash", aet)
+    need(0 < s.ingest.port < 65536, "ingest.port", "1-65535", s.ingest.port)
+    need(0 <= s.http.port < 65536, "http.port", "0-65535 (0 = any free port)", s.http.port)
+    need(1 <= s.ingest.max_associations <= 1000, "ingest.max_associations", "1-1000",
+         s.ingest.max_associations)
+    need(s.ingest.max_pdu == 0 or 4096 <= s.ingest.max_pdu <= 64 * 1024 * 1024,
+         "ingest.max_pdu", "0 (unlimited) or 4096-67108864", s.ingest.max_pdu)
+    for name in ("acse_timeout", "dimse_timeout", "network_timeout", "drain_timeout"):
+        value = getattr(s.ingest, name)
+        need(value > 0, f"ingest.{name}", "a number of seconds > 0", value)
+    for i, net in enumerate(s.ingest.allowed_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            need(False, f"ingest.allowed_networks[{i}]", "CIDR networks like 10.0.0.0/8", net)
+    if s.ingest.tls.enabled:
+        for name in ("cert_file", "key_file"):
+            value = getattr(s.ingest.tls, name)
+            need(bool(value) and Path(value).is_file(), f"ingest.tls.{name}",
+                 "an existing PEM file when TLS is enabled", value)
+        if s.ingest.tls.require_client_cert:
+            need(bool(s.ingest.tls.ca_file), "ingest.tls.ca_file",
+                 "a CA bundle when require_client_cert is true", s.ingest.tls.ca_file)
+    need(s.spool.min_free_bytes >= 0, "spool.min_free_bytes", "bytes >= 0", s.spool.min_free_bytes)
+    need(bool(s.spool.path), "spool.path", "a directory path", s.spool.path)
+    need(s.database.url.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql"),
+         "database.url", "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB", s.database.url)
+    need(s.assembly.quiet_seconds > 0, "assembly.quiet_seconds", "seconds > 0",
+         s.assembly.quiet_seconds)
+    need(s.assembly.sweep_interval_seconds > 0, "assembly.sweep_interval_seconds",
+         "seconds > 0", s.assembly.sweep_interval_seconds)
+    for mod, secs in s.assembly.quiet_seconds_by_modality.items():
+        need(bool(MODALITY_RE.match(mod)), f"assembly.quiet_seconds_by_modality.{mod}",
+             "upper-case DICOM modality codes such as PT, CT, MR", mod)
+        need(secs > 0, f"assembly.quiet_seconds_by_modality.{mod}", "seconds > 0", secs)
+    for i, rule in enumerate(s.routing.rules):
+        need(bool(re.match(r"^[a-z][a-z0-9_]*$", rule.analyzer)),
+             f"routing.rules[{i}].analyzer", "a lower-case analyzer name", rule.analyzer)
+        for mod in rule.modalities:
+            need(bool(MODALITY_RE.match(mod)), f"routing.rules[{i}].modalities",
+                 "upper-case DICOM modality codes such as PT, CT, MR", mod)
+        for name in ("body_part", "manufacturer", "series_description"):
+            pattern = getattr(rule, name)
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                need(False, f"routing.rules[{i}].{name}", f"a valid regular expression ({exc})",
+                     pattern)
+    need(s.logging.level.upper() in LOG_LEVELS, "logging.level", ", ".join(LOG_LEVELS),
+         s.logging.level)
+    need(s.logging.format in LOG_FORMATS, "logging.format", ", ".join(LOG_FORMATS),
+         s.logging.format)

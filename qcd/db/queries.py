@@ -1,0 +1,28 @@
+"""Read-only summaries for `qcd status`, metrics and health checks."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from qcd.db.engine import Database
+from qcd.db.models import Instance, Job, Series, Study
+
+
+def job_counts(db: Database) -> dict[str, int]:
+    """Jobs by state."""
+    with db.session() as session:
+        rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+    return {str(state.value if hasattr(state, "value") else state): n for state, n in rows}
+
+
+def status_summary(db: Database) -> dict[str, object]:
+    """Counts of studies, series by state, instances and jobs by state."""
+    with db.session() as session:
+        series = session.execute(select(Series.state, func.count()).group_by(Series.state)).all()
+        summary: dict[str, object] = {
+            "studies": session.scalar(select(func.count()).select_from(Study)) or 0,
+            "series": {s.value: n for s, n in series},
+            "instances": session.scalar(select(func.count()).select_from(Instance)) or 0,
+        }
+    summary["jobs"] = job_counts(db)
+    return summary

@@ -1,0 +1,1 @@
+"""DICOM ingest: association policy, C-ECHO/C-STORE handling, header checks."""

@@ -1,0 +1,209 @@
+"""Parse and check an instance's header without decoding its pixels.
+
+Both ingest paths (the SCP and ``qcd import``) come through here, so a dataset is
+judged the same way whichever door it used. Every refusal is an
+:class:`~qcd.errors.IngestError` with a specific status and comment.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+
+from qcd import __version__
+from qcd.errors import IngestError
+from qcd.ingest import status
+from qcd.uids import is_valid_uid
+
+LOGGER = logging.getLogger(__name__)
+
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1499.1"
+"""qcd's implementation class UID (written in the File Meta of spooled files)."""
+IMPLEMENTATION_VERSION = f"QCD_{__version__}"[:16]
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: first item of encapsulated data
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The header values qcd keeps for routing and dashboards (no patient data)."""
+
+    sop_class_uid: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    modality: str | None
+    body_part: str | None
+    manufacturer: str | None
+    model_name: str | None
+    station_name: str | None
+    device_serial: str | None
+    institution_name: str | None
+    series_description: str | None
+    series_number: int | None
+    instance_number: int | None
+    accession_number: str | None
+    study_date: str | None
+
+
+def encode_part10(
+    dataset_bytes: bytes,
+    transfer_syntax: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    calling_ae: str | None,
+) -> bytes:
+    """Prefix the encoded dataset with a preamble and our File Meta Information.
+
+    The dataset bytes are kept exactly as received.
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if calling_ae:
+        meta.SourceApplicationEntityTitle = calling_ae
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    buf.write(dataset_bytes)
+    return buf.getvalue()
+
+
+def split_part10(data: bytes) -> tuple[FileMetaDataset, bytes]:
+    """Split a Part 10 file into its File Meta and the dataset bytes as stored.
+
+    Raises
+    ------
+    IngestError
+        No DICM prefix or an unreadable File Meta group (0xC210).
+    """
+    fp = io.BytesIO(data)
+    try:
+        pydicom.filereader.read_preamble(fp, False)
+        meta = pydicom.filereader._read_file_meta_info(fp)
+    except Exception as exc:  # pydicom raises many types on bad input
+        raise IngestError(status.UNDECODABLE, f"not a DICOM Part 10 file: {exc}"[:64]) from exc
+    if "TransferSyntaxUID" not in meta:
+        raise IngestError(status.UNDECODABLE, "File Meta has no Transfer Syntax UID")
+    return meta, data[fp.tell() :]
+
+
+def parse_header(
+    part10: bytes, sop_class_uid: str, sop_uid: str, transfer_syntax: str
+) -> InstanceHeader:
+    """Parse the dataset in ``part10`` and check it against what the peer claimed.
+
+    Parameters
+    ----------
+    part10
+        The whole file (preamble, File Meta, dataset).
+    sop_class_uid, sop_uid
+        The Affected SOP Class/Instance UIDs of the C-STORE request.
+    transfer_syntax
+        The transfer syntax the dataset is encoded in.
+
+    Raises
+    ------
+    IngestError
+        0xC212 invalid or missing UIDs, 0xA900 SOP class/instance disagreement,
+        0xC210 undecodable data, 0xC211 short pixel data, 0xC213 pixel encoding
+        that contradicts the transfer syntax.
+    """
+    for name, uid in (("SOP Class", sop_class_uid), ("SOP Instance", sop_uid)):
+        if not is_valid_uid(uid):
+            raise IngestError(status.INVALID_UID, f"invalid Affected {name} UID")
+    try:
+        ds = pydicom.dcmread(io.BytesIO(part10))
+        header = _extract(ds, transfer_syntax)
+        _check_pixels(ds, transfer_syntax)
+    except IngestError:
+        raise
+    except Exception as exc:  # any parser failure means the bytes are not a dataset
+        raise IngestError(status.UNDECODABLE, f"undecodable data set: {type(exc).__name__}") from exc
+    for name, uid in (("Study", header.study_uid), ("Series", header.series_uid)):
+        if not is_valid_uid(uid):
+            raise IngestError(status.INVALID_UID, f"missing or invalid {name} Instance UID")
+    if header.sop_class_uid != sop_class_uid:
+        raise IngestError(status.DATASET_SOP_MISMATCH, "SOP Class UID differs from request")
+    if header.sop_uid != sop_uid:
+        raise IngestError(status.DATASET_SOP_MISMATCH, "SOP Instance UID differs from request")
+    return header
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip()[:limit] or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _extract(ds: Dataset, transfer_syntax: str) -> InstanceHeader:
+    return InstanceHeader(
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        sop_uid=str(ds.get("SOPInstanceUID", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        transfer_syntax=transfer_syntax,
+        modality=(_text(ds, "Modality", 16) or "").upper() or None,
+        body_part=_text(ds, "BodyPartExamined"),
+        manufacturer=_text(ds, "Manufacturer"),
+        model_name=_text(ds, "ManufacturerModelName"),
+        station_name=_text(ds, "StationName"),
+        device_serial=_text(ds, "DeviceSerialNumber"),
+        institution_name=_text(ds, "InstitutionName"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_int(ds, "SeriesNumber"),
+        instance_number=_int(ds, "InstanceNumber"),
+        accession_number=_text(ds, "AccessionNumber", 16),
+        study_date=_text(ds, "StudyDate", 8),
+    )
+
+
+def _check_pixels(ds: Dataset, transfer_syntax: str) -> None:
+    """Compare Pixel Data with what the header and transfer syntax promise."""
+    if "PixelData" not in ds:
+        return
+    element = ds["PixelData"]
+    pixel_data = element.value or b""
+    encapsulated = element.is_undefined_length and pixel_data[:4] == _ITEM_TAG
+    if UID(transfer_syntax).is_encapsulated:
+        if not encapsulated:
+            raise IngestError(
+                status.TRANSFER_SYNTAX_MISMATCH,
+                "compressed transfer syntax but native pixel data",
+            )
+        return
+    if element.is_undefined_length:
+        raise IngestError(status.TRANSFER_SYNTAX_MISMATCH, "encapsulated pixel data in native TS")
+    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    bits = _int(ds, "BitsAllocated") or 0
+    samples = _int(ds, "SamplesPerPixel") or 1
+    frames = _int(ds, "NumberOfFrames") or 1
+    if not (rows and cols and bits):
+        raise IngestError(status.PIXEL_DATA_MISMATCH, "Pixel Data without Rows/Columns/Bits")
+    expected_bits = rows * cols * samples * frames * bits
+    expected = (expected_bits + 7) // 8
+    if len(pixel_data) < expected:
+        raise IngestError(
+            status.PIXEL_DATA_MISMATCH,
+            f"Pixel Data {len(pixel_data)} bytes, header needs {expected}"[:64],
+        )

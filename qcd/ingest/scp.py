@@ -1,0 +1,213 @@
+"""The DICOM listener: C-ECHO, C-STORE, association policy, TLS, draining.
+
+The C-STORE handler hands the encoded dataset to :class:`IngestService` and answers
+with its status; it never decodes pixels or runs analysis.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from qcd.config import IngestSettings, TlsSettings
+from qcd.ingest import status
+from qcd.ingest.service import IngestService
+from qcd.metrics import Metrics
+
+LOGGER = logging.getLogger(__name__)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def set_nodelay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler: disable Nagle so each response leaves at once.
+
+    Without it every C-STORE-RSP waits for the peer's delayed ACK (~40 ms per
+    instance, measured in RECIPES.md); pynetdicom has no option for it.
+    """
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the peer may already be gone
+            pass
+
+
+def build_ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
+    """Server-side TLS context from the configured PEM files, or None."""
+    if not tls.enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.ca_file:
+        context.load_verify_locations(tls.ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
+class StorageSCP:
+    """A pynetdicom AE configured from :class:`IngestSettings`.
+
+    Parameters
+    ----------
+    ae_title
+        Our AE title (the called AE title peers must use).
+    settings
+        Listener and policy settings.
+    service
+        Where received datasets go.
+    metrics
+        Association counters.
+    """
+
+    def __init__(
+        self, ae_title: str, settings: IngestSettings, service: IngestService, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.metrics = metrics
+        self.networks: list[Network] = [
+            ipaddress.ip_network(n, strict=False) for n in settings.allowed_networks
+        ]
+        ae = AE(ae_title=ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        ae.require_called_aet = settings.require_called_aet
+        ae.require_calling_aet = list(settings.allowed_calling_aets)
+        ae.maximum_associations = settings.max_associations
+        ae.acse_timeout = settings.acse_timeout
+        ae.dimse_timeout = settings.dimse_timeout
+        ae.network_timeout = settings.network_timeout
+        ae.maximum_pdu_size = settings.max_pdu
+        self.ae = ae
+        self.server: ThreadedAssociationServer | None = None
+        if not settings.allowed_calling_aets:
+            LOGGER.warning("no calling AE allow-list: every calling AE title is accepted")
+        if not self.networks:
+            LOGGER.warning("no network allow-list: associations from any address are accepted")
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0 in tests)."""
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        """Bind and serve in background threads."""
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+        ]
+        server = self.ae.start_server(
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=build_ssl_context(self.settings.tls),
+        )
+        server.verify_request = self._verify_request  # type: ignore[method-assign]
+        self.server = server
+        LOGGER.info("DICOM listener %s on %s:%d (TLS %s)", self.ae.ae_title,
+                    self.settings.host, self.port, "on" if self.settings.tls.enabled else "off")
+
+    def stop(self, drain_timeout: float | None = None) -> int:
+        """Stop accepting, let in-flight associations finish, then abort the rest.
+
+        Returns the number of associations that had to be aborted.
+        """
+        timeout = self.settings.drain_timeout if drain_timeout is None else drain_timeout
+        if self.server is not None:
+            self.server.shutdown()  # closes the listening socket; open associations go on
+            self.server = None
+        deadline = time.monotonic() + timeout
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        leftover = list(self.ae.active_associations)
+        for assoc in leftover:
+            LOGGER.warning("aborting association from %s after drain timeout",
+                           assoc.requestor.ae_title)
+            assoc.abort()
+        self.ae.shutdown()
+        return len(leftover)
+
+    # -- policy -----------------------------------------------------------------
+
+    def _verify_request(self, request: Any, client_address: Any) -> bool:
+        """socketserver hook: refuse connections from outside the allowed networks."""
+        if not self.networks:
+            return True
+        try:
+            address = ipaddress.ip_address(client_address[0])
+        except (ValueError, IndexError, TypeError):
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if any(address in net for net in self.networks):
+            return True
+        LOGGER.warning("refused connection from %s: not in allowed networks", address)
+        self.metrics.associations.labels(calling_ae="-", result="refused_network").inc()
+        return False
+
+    # -- handlers ---------------------------------------------------------------
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        self.metrics.associations.labels(
+            calling_ae=_aet(event.assoc.requestor.ae_title), result="accepted").inc()
+        self.metrics.active_associations.inc()
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        aet = _aet(event.assoc.requestor.ae_title)
+        LOGGER.warning("rejected association from %s (calling AE %s, called AE %s)",
+                       event.assoc.requestor.address, aet,
+                       _aet(event.assoc.acceptor.ae_title))
+        self.metrics.associations.labels(calling_ae=aet, result="rejected").inc()
+
+    def _on_closed(self, event: evt.Event) -> None:
+        self.metrics.active_associations.dec()
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return status.SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        request = event.request
+        result = self.service.store(
+            event.encoded_dataset(include_meta=False),
+            transfer_syntax=str(event.context.transfer_syntax),
+            sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            sop_uid=str(request.AffectedSOPInstanceUID or ""),
+            calling_ae=_aet(event.assoc.requestor.ae_title),
+        )
+        if result.status == status.SUCCESS:
+            return status.SUCCESS
+        rsp = Dataset()
+        rsp.Status = result.status
+        rsp.ErrorComment = _comment(result.comment)
+        return rsp
+
+
+def _aet(value: str | bytes | None) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return (value or "").strip() or "-"
+
+
+def _comment(text: str) -> str:
+    """Error Comment is LO: at most 64 characters, no backslash or control codes."""
+    cleaned = "".join(c if 32 <= ord(c) < 127 and c != "\\" else " " for c in text)
+    return cleaned[:64]
+

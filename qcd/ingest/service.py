@@ -1,0 +1,104 @@
+"""The one path every instance takes into qcd: check, spool, record, answer.
+
+The SCP handler and ``qcd import`` both call :meth:`IngestService.store`; it never
+decodes pixels and never runs analysis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from qcd.db.engine import Database
+from qcd.db.instances import record_instance
+from qcd.errors import DatabaseError, IngestError
+from qcd.ingest import status
+from qcd.ingest.header import InstanceHeader, encode_part10, parse_header
+from qcd.metrics import Metrics
+from qcd.spool import Spool, StoreOutcome
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """The answer for one instance."""
+
+    status: int
+    comment: str = ""
+    header: InstanceHeader | None = None
+    outcome: StoreOutcome | None = None
+
+
+class IngestService:
+    """Makes instances durable and records them.
+
+    Parameters
+    ----------
+    spool, db, metrics
+        Collaborators built by the composition root.
+    reopen_completed
+        Whether a late instance re-opens a completed series.
+    """
+
+    def __init__(self, spool: Spool, db: Database, metrics: Metrics, reopen_completed: bool):
+        self.spool = spool
+        self.db = db
+        self.metrics = metrics
+        self.reopen_completed = reopen_completed
+
+    def store(
+        self,
+        dataset_bytes: bytes,
+        *,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_uid: str,
+        calling_ae: str | None,
+    ) -> StoreResult:
+        """Check, spool and record one encoded dataset; return the status to answer.
+
+        Success is returned only after the file is fsynced in place and its row
+        committed. Every failure is logged (UIDs only, no patient data) and
+        counted.
+        """
+        started = time.perf_counter()
+        ae_label = calling_ae or "-"
+        try:
+            part10 = encode_part10(dataset_bytes, transfer_syntax, sop_class_uid, sop_uid,
+                                   calling_ae)
+            header = parse_header(part10, sop_class_uid, sop_uid, transfer_syntax)
+            spooled = self.spool.store(header.study_uid, header.series_uid, header.sop_uid, part10)
+            recorded = record_instance(
+                self.db, header, relpath=spooled.relpath, size=spooled.size,
+                sha256=spooled.sha256, version=spooled.version, calling_ae=calling_ae,
+                reopen_completed=self.reopen_completed,
+            )
+        except IngestError as exc:
+            LOGGER.warning("refused SOP instance %s from %s: 0x%04X %s",
+                           sop_uid if _printable(sop_uid) else "<invalid>", ae_label,
+                           exc.status, exc.message)
+            self.metrics.store_failures.labels(status=f"0x{exc.status:04X}").inc()
+            return StoreResult(exc.status, exc.message)
+        except DatabaseError as exc:
+            LOGGER.error("database failure while recording %s: %s", sop_uid, exc)
+            self.metrics.store_failures.labels(
+                status=f"0x{status.DATABASE_UNAVAILABLE:04X}").inc()
+            return StoreResult(status.DATABASE_UNAVAILABLE, "database unavailable")
+        finally:
+            self.metrics.store_seconds.observe(time.perf_counter() - started)
+        modality = header.modality or "-"
+        self.metrics.instances_received.labels(calling_ae=ae_label, modality=modality).inc()
+        self.metrics.bytes_received.labels(calling_ae=ae_label, modality=modality).inc(
+            len(dataset_bytes))
+        if spooled.outcome is StoreOutcome.VERSIONED:
+            LOGGER.warning("SOP instance %s received again with different content; kept as "
+                           "version %d", sop_uid, spooled.version)
+        if recorded.reopened:
+            self.metrics.series_reopened.inc()
+        return StoreResult(status.SUCCESS, "", header, spooled.outcome)
+
+
+def _printable(uid: str) -> bool:
+    return len(uid) <= 64 and uid.replace(".", "").isdigit()

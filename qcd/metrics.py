@@ -1,0 +1,74 @@
+"""Prometheus metrics, created once on a registry the composition root owns.
+
+Labels carry AE titles, modalities, analyzers, states and status codes only; never
+patient names, IDs, birth dates or accession numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class Metrics:
+    """All of qcd's metrics; pass one instance down to whoever records."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.associations = Counter(
+            "qcd_associations", "DICOM associations by outcome", ["calling_ae", "result"],
+            registry=r)
+        self.active_associations = Gauge(
+            "qcd_active_associations", "DICOM associations open now", registry=r)
+        self.instances_received = Counter(
+            "qcd_instances_received", "Instances acknowledged with Success",
+            ["calling_ae", "modality"], registry=r)
+        self.bytes_received = Counter(
+            "qcd_bytes_received", "Dataset bytes acknowledged", ["calling_ae", "modality"],
+            registry=r)
+        self.store_failures = Counter(
+            "qcd_store_failures", "C-STORE requests answered with a failure", ["status"],
+            registry=r)
+        self.store_seconds = Histogram(
+            "qcd_store_handler_seconds", "Time to check, spool and record one instance",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r)
+        self.series_completed = Counter(
+            "qcd_series_completed", "Series declared complete", ["modality"], registry=r)
+        self.series_reopened = Counter(
+            "qcd_series_reopened", "Completed series re-opened by a late instance", registry=r)
+        self.jobs_created = Counter(
+            "qcd_jobs_created", "Analysis jobs created by routing", ["analyzer", "state"],
+            registry=r)
+        self.spool_free_bytes = Gauge(
+            "qcd_spool_free_bytes", "Free bytes on the spool filesystem", registry=r)
+
+    def watch_spool(self, free_bytes: Callable[[], float]) -> None:
+        """Read the spool's free space at scrape time."""
+        self.spool_free_bytes.set_function(free_bytes)
+
+    def watch_queue(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Export job counts by state, read from the database at scrape time."""
+        self.registry.register(_QueueCollector(counts))
+
+
+class _QueueCollector(Collector):
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("qcd_jobs", "Analysis jobs by state", labels=["state"])
+        try:
+            counts = self._counts()
+        except Exception:  # a scrape must not fail because the DB blinked
+            counts = {}
+        for state, n in sorted(counts.items()):
+            family.add_metric([state], n)
+        yield family
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []

@@ -1,0 +1,1 @@
+"""HTTP side of qcd: metrics and health endpoints (the dashboard comes later)."""
