@@ -2,7 +2,7 @@
 
 Settings are loaded once by the entry point and passed down; nothing reads the
 environment or the file again. Environment keys are ``QCD_<SECTION>__<KEY>``, e.g.
-``QCD_INGEST__PORT=11113``; lists are comma-separated; ``QCD_CONFIG`` names the TOML
+``QCD_INGEST__PORT=11113`` (nested tables: ``QCD_INGEST__TLS__ENABLED``); lists are comma-separated; ``QCD_CONFIG`` names the TOML
 file. Every invalid value raises :class:`~qcd.errors.ConfigError` naming the key and
 what is allowed.
 """
@@ -102,7 +102,9 @@ class AssemblySettings:
 
     quiet_seconds: float = 10.0
     """A series is complete when no instance arrived for this long."""
-    quiet_seconds_by_modality: Mapping[str, float] = field(default_factory=dict)
+    quiet_seconds_by_modality: Mapping[str, float] = field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
     """Per-modality overrides, e.g. ``{PT = 30}``."""
     sweep_interval_seconds: float = 1.0
     reopen_on_late_instance: bool = True
@@ -178,10 +180,12 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, printable copy (secrets are file paths, so nothing to mask)."""
-        return _plain(dataclasses.asdict(self))
+        return _plain(self)
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -225,15 +229,17 @@ def load_settings(
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
             continue
         parts = key[len(ENV_PREFIX) :].lower().split("__")
-        if len(parts) != 2:
+        if len(parts) < 2 or not all(parts):
             raise ConfigError(
                 f"environment variable {key}: expected QCD_<SECTION>__<KEY>, "
-                f"e.g. QCD_INGEST__PORT"
+                f"e.g. QCD_INGEST__PORT or QCD_INGEST__TLS__ENABLED"
             )
-        raw.setdefault(parts[0], {})
-        if not isinstance(raw[parts[0]], dict):
-            raise ConfigError(f"[{parts[0]}] must be a table")
-        raw[parts[0]][parts[1]] = _EnvString(value)
+        table = raw
+        for depth, part in enumerate(parts[:-1]):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{key}: [{'.'.join(parts[: depth + 1])}] must be a table")
+        table[parts[-1]] = _EnvString(value)
     settings = _build(Settings, raw, "")
     _validate(settings)
     return settings

@@ -12,7 +12,9 @@ import logging
 from dataclasses import dataclass
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
@@ -27,6 +29,9 @@ IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1499.1"
 """qcd's implementation class UID (written in the File Meta of spooled files)."""
 IMPLEMENTATION_VERSION = f"QCD_{__version__}"[:16]
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: first item of encapsulated data
+_VRS = {vr.encode() for vr in (
+    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
+    "UN UR US UT UV").split()}
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,10 @@ def parse_header(
     for name, uid in (("SOP Class", sop_class_uid), ("SOP Instance", sop_uid)):
         if not is_valid_uid(uid):
             raise IngestError(status.INVALID_UID, f"invalid Affected {name} UID")
+    _check_encoding(part10, transfer_syntax)
     try:
         ds = pydicom.dcmread(io.BytesIO(part10))
+        _check_complete(ds)
         header = _extract(ds, transfer_syntax)
         _check_pixels(ds, transfer_syntax)
     except IngestError:
@@ -137,6 +144,57 @@ def parse_header(
     if header.sop_uid != sop_uid:
         raise IngestError(status.DATASET_SOP_MISMATCH, "SOP Instance UID differs from request")
     return header
+
+
+def _check_encoding(part10: bytes, transfer_syntax: str) -> None:
+    """Refuse a dataset whose first element contradicts the claimed transfer syntax.
+
+    pydicom would silently guess the other VR encoding; the file we keep must be
+    readable by any conforming reader, so a wrong claim is refused instead.
+    """
+    ts = UID(transfer_syntax)
+    if ts.is_deflated or not ts.is_transfer_syntax:
+        return
+    start = _dataset_offset(part10)
+    head = part10[start : start + 8]
+    if len(head) < 8:
+        raise IngestError(status.UNDECODABLE, "data set is shorter than one element")
+    claimed, other = ("little", "big") if ts.is_little_endian else ("big", "little")
+    if not _plausible_group(int.from_bytes(head[:2], claimed)):
+        if _plausible_group(int.from_bytes(head[:2], other)):
+            raise IngestError(status.TRANSFER_SYNTAX_MISMATCH, "byte order differs from the TS")
+        raise IngestError(status.UNDECODABLE, "not a DICOM data set (first tag is garbage)")
+    has_vr = head[4:6] in _VRS
+    if ts.is_implicit_VR and has_vr:
+        raise IngestError(status.TRANSFER_SYNTAX_MISMATCH, "explicit VR data, implicit VR TS")
+    if not ts.is_implicit_VR and not has_vr:
+        raise IngestError(status.TRANSFER_SYNTAX_MISMATCH, "implicit VR data, explicit VR TS")
+
+
+def _plausible_group(group: int) -> bool:
+    # Data sets open with group 0008 (SOP Common, Specific Character Set etc.).
+    return 0x0008 <= group < 0x0100
+
+
+def _dataset_offset(part10: bytes) -> int:
+    # preamble (128) + "DICM" + (0002,0000) UL element (12 bytes) + group length
+    group_length = int.from_bytes(part10[140:144], "little")
+    return 144 + group_length
+
+
+def _check_complete(ds: Dataset) -> None:
+    """pydicom reads a short final value without complaint; qcd does not."""
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.length != 0xFFFFFFFF
+            and raw.value is not None
+            and len(raw.value) < raw.length
+        ):
+            raise IngestError(status.UNDECODABLE, f"data set truncated in element {Tag(tag)}")
+    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+        raise IngestError(status.UNDECODABLE, "no SOP Class/Instance UID: truncated or not DICOM")
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
