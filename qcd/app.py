@@ -30,10 +30,15 @@ LOGGER = logging.getLogger(__name__)
 
 
 def configure_pynetdicom() -> None:
-    """pynetdicom's module globals, set once: no identifiers (PHI) in its logs."""
+    """pynetdicom's module globals, set once: no identifiers (PHI) in its logs.
+
+    Received datasets stay in memory (the handler checks free space before writing
+    them); files we send are streamed as stored, never decoded and re-encoded.
+    """
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = False
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 def build_ingest(settings: Settings, metrics: Metrics) -> tuple[Database, Spool, IngestService]:

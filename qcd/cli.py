@@ -117,10 +117,12 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _send(settings: Settings, args: argparse.Namespace) -> int:
+    from qcd.app import configure_pynetdicom
     from qcd.importer import iter_files
     from qcd.ingest.status import NAMES
     from qcd.scu import send_files
 
+    configure_pynetdicom()
     host, _, port = args.to.rpartition(":")
     if not host or not port.isdigit():
         print("qcd: --to must be HOST:PORT", file=sys.stderr)

@@ -108,10 +108,16 @@ def receiver_env() -> dict[str, str]:
     return env
 
 
+SENDER_NODELAY = False
+"""Set by --sender-nodelay: storescu also runs with TCP_NODELAY=1."""
+
+
 def sender_env() -> dict[str, str]:
-    """Environment for storescu: the Debian default (Nagle on), same for every receiver."""
+    """Environment for storescu/echoscu: Debian's default (Nagle on) unless --sender-nodelay."""
     env = dict(os.environ)
     env.pop("TCP_NODELAY", None)
+    if SENDER_NODELAY:
+        env["TCP_NODELAY"] = "1"
     return env
 
 
@@ -569,6 +575,7 @@ class Context:
     size: int
     total_bytes: int
     scratch_fs: str
+    sender_nodelay: bool
     load_start: str
     load_end: str
 
@@ -597,7 +604,10 @@ def section(rows: Sequence[Row], ctx: Context) -> str:
         "was started fresh (empty storage) for every run; the repeats were interleaved. "
         "dcmtk `storescp` and Orthanc ran with `TCP_NODELAY=1` in their environment (without "
         "it they stall ~40 ms per instance); qcd sets `TCP_NODELAY` on its own sockets. "
-        "`--fork` lets storescp serve the 4 associations in parallel; without it they queue.",
+        "`--fork` lets storescp serve the 4 associations in parallel; without it they queue. "
+        + ("storescu also ran with `TCP_NODELAY=1` (`--sender-nodelay`)."
+           if ctx.sender_nodelay else
+           "storescu itself ran as shipped (Nagle on; `--sender-nodelay` changes that)."),
         "",
         "**storescp does not fsync; qcd and Orthanc do** (qcd fsyncs each file and its "
         "directories and commits a database row per instance before answering Success; "
@@ -644,6 +654,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="Markdown file whose section to write/replace")
     p.add_argument("--scratch", type=Path, default=None,
                    help="parent of the temp dirs (default: the system temp dir)")
+    p.add_argument("--sender-nodelay", action="store_true",
+                   help="also run storescu with TCP_NODELAY=1 (default: Nagle on, as shipped)")
     p.add_argument("--machine-label", default="python-svc machine",
                    help="human name of the machine for the report")
     args = p.parse_args(argv)
@@ -653,7 +665,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global SENDER_NODELAY
     args = parse_args(argv)
+    SENDER_NODELAY = args.sender_nodelay
     started = dt.datetime.now().astimezone()
     command = " ".join(["python", "tests/bench/bench_ingest.py",
                         *(sys.argv[1:] if argv is None else argv)])
@@ -693,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows))
     if args.out is not None:
         ctx = Context(command, started, machine(args.machine_label), args.size, total_bytes,
-                      scratch_fs, load_start, load_end)
+                      scratch_fs, args.sender_nodelay, load_start, load_end)
         write_section(args.out, section(rows, ctx))
         print(f"wrote section {SECTION!r} of {args.out}", file=sys.stderr)
     return 0
