@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Start `qcd serve` on its embedded defaults, push a generated multi-series study to it
+# with dcmtk storescu (the "scanner"), wait for the series to complete, show the result.
+# DEMO_KEEP=1 leaves the daemon running in the foreground afterwards (Ctrl-C stops it).
+set -euo pipefail
+VENV=${VENV:-.venv}
+QCD="$VENV/bin/qcd"
+PORT=$("$QCD" check-config --json | "$VENV/bin/python" -c 'import json,sys; c=json.load(sys.stdin); print(c["ingest"]["port"], c["http"]["port"])')
+read -r DICOM_PORT HTTP_PORT <<<"$PORT"
+mkdir -p var demo
+"$QCD" serve >var/demo-serve.log 2>&1 &
+PID=$!
+trap 'kill -TERM $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  echoscu -aec QCD 127.0.0.1 "$DICOM_PORT" 2>/dev/null && break
+  kill -0 $PID 2>/dev/null || { cat var/demo-serve.log; exit 1; }
+  sleep 0.2
+done
+echo "== qcd serve is up (pid $PID): DICOM 127.0.0.1:$DICOM_PORT AE QCD, metrics http://127.0.0.1:$HTTP_PORT/metrics"
+rm -rf demo/study
+"$QCD" demo-study demo/study
+echo "== pushing with dcmtk storescu (one association per transfer syntax)"
+declare -A FLAG=([1.2.840.10008.1.2.1]="" [1.2.840.10008.1.2.5]="-xr" [1.2.840.10008.1.2.4.80]="-xt" \
+                 [1.2.840.10008.1.2.4.90]="-xv" [1.2.840.10008.1.2.1.99]="-xd")
+"$VENV/bin/python" - <<'PY' > demo/groups.txt
+import pathlib, pydicom
+for p in sorted(pathlib.Path("demo/study").glob("*.dcm")):
+    print(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID, p)
+PY
+for ts in $(cut -d' ' -f1 demo/groups.txt | sort -u); do
+  # shellcheck disable=SC2046
+  storescu -aec QCD -aet DEMOSCANNER ${FLAG[$ts]} 127.0.0.1 "$DICOM_PORT" $(awk -v t="$ts" '$1==t {print $2}' demo/groups.txt)
+done
+echo "== waiting for the series to complete (quiet period 10 s)"
+for _ in $(seq 1 60); do
+  "$QCD" status --json | "$VENV/bin/python" -c 'import json,sys; s=json.load(sys.stdin)["series"]; sys.exit(0 if set(s)=={"COMPLETE"} else 1)' && break
+  sleep 1
+done
+"$QCD" status
+echo "== metrics (excerpt)"
+curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | grep -E '^qcd_(instances_received_total|series_completed_total|jobs)\{' || true
+echo "== readiness: $(curl -s "http://127.0.0.1:$HTTP_PORT/readyz")"
+echo "== spool: $(find var/spool -name '*.dcm' | wc -l) instance file(s) under var/spool; database var/qcd.db"
+if [ "${DEMO_KEEP:-0}" = "1" ]; then
+  echo "== daemon keeps running; Ctrl-C stops it"; trap - EXIT; wait $PID
+fi
