@@ -10,8 +10,6 @@ import argparse
 import json
 import logging
 import sys
-import tomllib
-from pathlib import Path
 
 from qcd import __version__
 from qcd.config import Settings, load_settings
@@ -171,9 +169,9 @@ def _to_toml(data: dict[str, object], prefix: str = "") -> str:
     arrays: list[tuple[str, list[dict[str, object]]]] = []
     for key, value in data.items():
         name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            tables.append((name, value))
-        elif isinstance(value, dict) and not prefix:
+        if isinstance(value, dict) and (
+            not prefix or (value and all(isinstance(v, dict) for v in value.values()))
+        ):
             tables.append((name, value))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             arrays.append((name, value))

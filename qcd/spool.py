@@ -68,6 +68,8 @@ class Spool:
         self.fsync = fsync
         self.tmp = self.root / TMP_DIR
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._durable_dirs: set[Path] = set()
+        """Series directories whose own entries (in study dir and root) are fsynced."""
 
     def free_bytes(self) -> int:
         """Free bytes on the spool's filesystem (for metrics and the floor check)."""
@@ -142,8 +144,7 @@ class Spool:
                                            version, StoreOutcome.DUPLICATE)
                     version += 1
             if self.fsync:
-                for directory in (candidate.parent, candidate.parent.parent, self.root):
-                    _fsync_dir(directory)
+                self._fsync_dirs(candidate.parent)
         except OSError as exc:
             LOGGER.error("spool rename failed for %s: %s", final.name, exc.strerror)
             raise SpoolError(status.OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}") from exc
@@ -163,6 +164,18 @@ class Spool:
             if _sha256_file(candidate) == digest:
                 return candidate, version
             version += 1
+
+    def _fsync_dirs(self, series_dir: Path) -> None:
+        """fsync the series directory (new entry); its parents only once per run.
+
+        The study directory and the spool root change only when a series or study
+        directory is created, so fsyncing them for every instance is wasted work.
+        """
+        _fsync_dir(series_dir)
+        if series_dir not in self._durable_dirs:
+            _fsync_dir(series_dir.parent)
+            _fsync_dir(self.root)
+            self._durable_dirs.add(series_dir)
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()

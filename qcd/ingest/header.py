@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.tag import Tag
+from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from qcd import __version__
@@ -29,9 +31,7 @@ IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1499.1"
 """qcd's implementation class UID (written in the File Meta of spooled files)."""
 IMPLEMENTATION_VERSION = f"QCD_{__version__}"[:16]
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: first item of encapsulated data
-_VRS = {vr.encode() for vr in (
-    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
-    "UN UR US UT UV").split()}
+_VRS = {vr.encode() for vr in ["AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"]}
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def encode_part10(
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION
     if calling_ae:
         meta.SourceApplicationEntityTitle = calling_ae
-    buf = io.BytesIO()
+    buf = DicomBytesIO()
     buf.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buf, meta, enforce_standard=True)
     buf.write(dataset_bytes)
@@ -159,7 +159,8 @@ def _check_encoding(part10: bytes, transfer_syntax: str) -> None:
     head = part10[start : start + 8]
     if len(head) < 8:
         raise IngestError(status.UNDECODABLE, "data set is shorter than one element")
-    claimed, other = ("little", "big") if ts.is_little_endian else ("big", "little")
+    claimed: Literal["little", "big"] = "little" if ts.is_little_endian else "big"
+    other: Literal["little", "big"] = "big" if claimed == "little" else "little"
     if not _plausible_group(int.from_bytes(head[:2], claimed)):
         if _plausible_group(int.from_bytes(head[:2], other)):
             raise IngestError(status.TRANSFER_SYNTAX_MISMATCH, "byte order differs from the TS")

@@ -11,10 +11,11 @@ import logging
 import socket
 import ssl
 import time
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -81,6 +82,7 @@ class StorageSCP:
         ]
         ae = AE(ae_title=ae_title)
         for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         ae.require_called_aet = settings.require_called_aet
@@ -120,6 +122,7 @@ class StorageSCP:
             evt_handlers=handlers,
             ssl_context=build_ssl_context(self.settings.tls),
         )
+        assert server is not None  # block=False always returns the server
         server.verify_request = self._verify_request  # type: ignore[method-assign]
         self.server = server
         LOGGER.info("DICOM listener %s on %s:%d (TLS %s)", self.ae.ae_title,
@@ -184,7 +187,7 @@ class StorageSCP:
         return status.SUCCESS
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
-        request = event.request
+        request = cast(C_STORE, event.request)
         result = self.service.store(
             event.encoded_dataset(include_meta=False),
             transfer_syntax=str(event.context.transfer_syntax),

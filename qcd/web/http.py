@@ -51,7 +51,7 @@ class HealthServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "qcd"
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 route = routes.get(self.path.split("?", 1)[0])
                 if route is None:
                     code, ctype, body = 404, "application/json", b'{"error": "not found"}'

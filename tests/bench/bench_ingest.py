@@ -39,6 +39,7 @@ This is a script, not a pytest test: nothing here is named ``test_*``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -108,15 +109,11 @@ def receiver_env() -> dict[str, str]:
     return env
 
 
-SENDER_NODELAY = False
-"""Set by --sender-nodelay: storescu also runs with TCP_NODELAY=1."""
-
-
-def sender_env() -> dict[str, str]:
-    """Environment for storescu/echoscu: Debian's default (Nagle on) unless --sender-nodelay."""
+def sender_env(nodelay: bool = False) -> dict[str, str]:
+    """Environment for storescu/echoscu: Debian's default (Nagle on) unless ``nodelay``."""
     env = dict(os.environ)
     env.pop("TCP_NODELAY", None)
-    if SENDER_NODELAY:
+    if nodelay:
         env["TCP_NODELAY"] = "1"
     return env
 
@@ -160,14 +157,15 @@ def split_even(items: Sequence[Path], parts: int) -> list[list[Path]]:
     return [c for c in chunks if c]
 
 
-def push(files: Sequence[Path], aec: str, port: int, associations: int, log_dir: Path) -> float:
+def push(files: Sequence[Path], aec: str, port: int, associations: int, log_dir: Path,
+         nodelay: bool) -> float:
     """Send ``files`` with ``associations`` storescu processes started at once.
 
     Returns the wall seconds from the start of the first process to the end of the
     last. Raises BenchError if any storescu exits non-zero.
     """
     storescu = find_tool("storescu")
-    env = sender_env()
+    env = sender_env(nodelay)
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     started = time.perf_counter()
     for i, chunk in enumerate(split_even(files, associations)):
@@ -202,7 +200,8 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> in
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise BenchError(f"pid {proc.pid} ignored signal {sig} for {STOP_TIMEOUT:.0f} s")
+            raise BenchError(
+                f"pid {proc.pid} ignored signal {sig} for {STOP_TIMEOUT:.0f} s") from None
     return int(proc.returncode)
 
 
@@ -233,7 +232,8 @@ class Receiver(ABC):
         """How many instances the server holds now."""
 
     def prepare(self) -> None:
-        """Write config files and directories before start (default: nothing)."""
+        """Write config files and directories before start (default: just the workdir)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
 
     def ready(self) -> bool:
         """Whether the server accepts work (default: C-ECHO succeeds)."""
@@ -392,10 +392,8 @@ class OrthancReceiver(Receiver):
         if self.proc is None:
             return
         request = urllib.request.Request(self._url("/tools/shutdown"), data=b"", method="POST")
-        try:
+        with contextlib.suppress(urllib.error.URLError, OSError):  # SIGTERM below instead
             urllib.request.urlopen(request, timeout=10).close()
-        except (urllib.error.URLError, OSError):
-            pass  # fall back to SIGTERM below
         try:
             self.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -439,14 +437,17 @@ class Result:
     cpus: list[float] = field(default_factory=list)
 
 
-def run_once(case: Case, files: Sequence[Path], scratch: Path) -> tuple[float, float | None]:
+def run_once(case: Case, files: Sequence[Path], scratch: Path,
+             sender_nodelay: bool) -> tuple[float, float | None]:
     """Fresh receiver, one timed push, count check, stop. Returns (wall s, server CPU s)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{case.receiver}-{case.associations}-", dir=scratch))
     receiver = case.make(workdir)
     try:
         receiver.start()
+        os.sync()  # no dirty pages from earlier runs (storescp's) are flushed during this one
         cpu_before = receiver.cpu()
-        wall = push(files, receiver.ae_title, receiver.port, case.associations, workdir)
+        wall = push(files, receiver.ae_title, receiver.port, case.associations, workdir,
+                    sender_nodelay)
         cpu_after = receiver.cpu()
         got = receiver.count()
         if got != len(files):
@@ -466,7 +467,7 @@ def storescp_fork_works(files: Sequence[Path], scratch: Path) -> bool:
     """Probe: does ``storescp --fork`` take 4 parallel associations here?"""
     sample = list(files[:8])
     try:
-        run_once(Case("storescp", 4, fork=True), sample, scratch)
+        run_once(Case("storescp", 4, fork=True), sample, scratch, sender_nodelay=False)
     except BenchError as exc:
         print(f"storescp --fork probe failed, using plain storescp: {exc}", file=sys.stderr)
         return False
@@ -507,8 +508,8 @@ def summarise(result: Result, n: int, total_bytes: int) -> Row:
 def table(rows: Sequence[Row]) -> str:
     """The results and the qcd ratios as Markdown."""
     lines = [
-        "| receiver | assoc | n | repeats | wall median s | wall min s | inst/s (median) "
-        "| MB/s (median) | server CPU s (median) |",
+        ("| receiver | assoc | n | repeats | wall median s | wall min s | inst/s (median) "
+         "| MB/s (median) | server CPU s (median) |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -590,18 +591,19 @@ def section(rows: Sequence[Row], ctx: Context) -> str:
         "",
         f"- Date: {ctx.started.strftime('%Y-%m-%d %H:%M %Z').strip()}",
         f"- Machine: {ctx.machine}",
-        f"- Python {platform.python_version()}, qcd {QCD_VERSION}, "
-        f"{tool_version([find_tool('storescp'), '--version'])}, "
-        f"{tool_version([find_tool('Orthanc'), '--version'])}",
-        f"- Data: {n} generated {ctx.size}x{ctx.size} 16-bit CT slices "
-        f"(`qcd.synth.make_study`, uncompressed Explicit VR LE), "
-        f"{ctx.total_bytes / MB:.1f} MB in all; scratch dirs on {ctx.scratch_fs}",
+        (f"- Python {platform.python_version()}, qcd {QCD_VERSION}, "
+         f"{tool_version([find_tool('storescp'), '--version'])}, "
+         f"{tool_version([find_tool('Orthanc'), '--version'])}"),
+        (f"- Data: {n} generated {ctx.size}x{ctx.size} 16-bit CT slices "
+         f"(`qcd.synth.make_study`, uncompressed Explicit VR LE), "
+         f"{ctx.total_bytes / MB:.1f} MB in all; scratch dirs on {ctx.scratch_fs}"),
         f"- Load average (1/5/15 min) at start: {ctx.load_start}; at end: {ctx.load_end}",
         "",
         "Sender: dcmtk `storescu -aec <AE> -aet BENCH 127.0.0.1 <port> <files>`, with the "
         "file list cut into 1 or 4 equal parts, one `storescu` per part, all started at once; "
         "wall time runs from the start of the first to the end of the last. Every receiver "
-        "was started fresh (empty storage) for every run; the repeats were interleaved. "
+        "was started fresh (empty storage) for every run, and `sync` ran before each push so "
+        "no run pays for an earlier run's dirty pages; the repeats were interleaved. "
         "dcmtk `storescp` and Orthanc ran with `TCP_NODELAY=1` in their environment (without "
         "it they stall ~40 ms per instance); qcd sets `TCP_NODELAY` on its own sockets. "
         "`--fork` lets storescp serve the 4 associations in parallel; without it they queue. "
@@ -609,14 +611,14 @@ def section(rows: Sequence[Row], ctx: Context) -> str:
            if ctx.sender_nodelay else
            "storescu itself ran as shipped (Nagle on; `--sender-nodelay` changes that)."),
         "",
-        "**storescp does not fsync; qcd and Orthanc do** (qcd fsyncs each file and its "
-        "directories and commits a database row per instance before answering Success; "
-        "Orthanc syncs its storage area and SQLite index). storescp is therefore an upper "
-        "bound for the network and DIMSE path, not a like-for-like durable receiver.",
+        ("**storescp does not fsync; qcd and Orthanc do** (qcd fsyncs each file and its "
+         "directories and commits a database row per instance before answering Success; "
+         "Orthanc syncs its storage area and SQLite index). storescp is therefore an upper "
+         "bound for the network and DIMSE path, not a like-for-like durable receiver."),
         "",
-        "Server CPU = user+system seconds of the server process during the push (n/a for "
-        "storescp --fork, whose work happens in forked children). MB = 10^6 bytes of "
-        "Part 10 files. Throughput ratio > 1 means qcd is faster.",
+        ("Server CPU = user+system seconds of the server process during the push (n/a for "
+         "storescp --fork, whose work happens in forked children). MB = 10^6 bytes of "
+         "Part 10 files. Throughput ratio > 1 means qcd is faster."),
         "",
         table(rows),
         "",
@@ -639,7 +641,7 @@ def write_section(path: Path, text: str) -> None:
         end = next((i for i in range(start + 1, len(lines))
                     if lines[i].startswith("## ") or lines[i].startswith("# ")), len(lines))
         rest = lines[end:]
-        lines = lines[:start] + text.rstrip("\n").splitlines() + ([""] + rest if rest else [])
+        lines = lines[:start] + text.rstrip("\n").splitlines() + (["", *rest] if rest else [])
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -665,9 +667,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global SENDER_NODELAY
     args = parse_args(argv)
-    SENDER_NODELAY = args.sender_nodelay
     started = dt.datetime.now().astimezone()
     command = " ".join(["python", "tests/bench/bench_ingest.py",
                         *(sys.argv[1:] if argv is None else argv)])
@@ -688,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = {c: Result(c) for c in cases}
         for repeat in range(1, args.repeats + 1):
             for case in cases:
-                wall, cpu = run_once(case, files, scratch)
+                wall, cpu = run_once(case, files, scratch, args.sender_nodelay)
                 results[case].walls.append(wall)
                 if cpu is not None:
                     results[case].cpus.append(cpu)
