@@ -93,6 +93,7 @@ class StorageSCP:
         ae.network_timeout = settings.network_timeout
         ae.maximum_pdu_size = settings.max_pdu
         self.ae = ae
+        metrics.active_associations.set_function(lambda: len(ae.active_associations))
         self.server: ThreadedAssociationServer | None = None
         if not settings.allowed_calling_aets:
             LOGGER.warning("no calling AE allow-list: every calling AE title is accepted")
@@ -113,8 +114,6 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_RELEASED, self._on_closed),
-            (evt.EVT_ABORTED, self._on_closed),
         ]
         server = self.ae.start_server(
             (self.settings.host, self.settings.port),
@@ -171,7 +170,6 @@ class StorageSCP:
     def _on_accepted(self, event: evt.Event) -> None:
         self.metrics.associations.labels(
             calling_ae=_aet(event.assoc.requestor.ae_title), result="accepted").inc()
-        self.metrics.active_associations.inc()
 
     def _on_rejected(self, event: evt.Event) -> None:
         aet = _aet(event.assoc.requestor.ae_title)
@@ -179,9 +177,6 @@ class StorageSCP:
                        event.assoc.requestor.address, aet,
                        _aet(event.assoc.acceptor.ae_title))
         self.metrics.associations.labels(calling_ae=aet, result="rejected").inc()
-
-    def _on_closed(self, event: evt.Event) -> None:
-        self.metrics.active_associations.dec()
 
     def _on_echo(self, event: evt.Event) -> int:
         return status.SUCCESS

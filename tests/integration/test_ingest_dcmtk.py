@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
 from qcd.app import Daemon
@@ -137,6 +139,17 @@ def test_echo_and_association_policy(daemon_factory: DaemonFactory, study: list[
     refused = storescu(study[:2], strict.scp.port, aet="INTRUDER")
     assert refused.acknowledged == []
     assert not any(strict.spool.root.glob("*/*/*.dcm"))
+
+    single = daemon_factory(QCD_INGEST__MAX_ASSOCIATIONS="1")
+    held = AE(ae_title="HOLDER")
+    held.add_requested_context(Verification)
+    assoc = held.associate("127.0.0.1", single.scp.port, ae_title="QCD")
+    assert assoc.is_established
+    assert "qcd_active_associations 1.0" in _metrics(single)
+    assert echoscu(single.scp.port) != 0  # over the limit: rejected
+    assoc.release()
+    wait_for(lambda: not single.scp.ae.active_associations, timeout=5)
+    assert echoscu(single.scp.port) == 0
 
     fenced = daemon_factory(QCD_INGEST__ALLOWED_NETWORKS="10.0.0.0/8")
     assert echoscu(fenced.scp.port) != 0
