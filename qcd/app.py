@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Mapping
 from types import FrameType
 
 from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import text
 
 from qcd.analyzers import REGISTRY
+from qcd.analyzers.base import Analyzer
 from qcd.assembly import CompletionSweeper
 from qcd.config import Settings
 from qcd.db.engine import Database
@@ -25,6 +27,7 @@ from qcd.metrics import Metrics
 from qcd.scheduler import add_interval, build_scheduler
 from qcd.spool import Spool
 from qcd.web.http import HealthServer
+from qcd.workers.local import LocalExecutor
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,13 +59,16 @@ def build_ingest(settings: Settings, metrics: Metrics) -> tuple[Database, Spool,
 class Daemon:
     """``qcd serve``: listener, spool, database, scheduler and health endpoints."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: Mapping[str, Analyzer] | None = None) -> None:
         configure_pynetdicom()
         self.settings = settings
+        self.registry = dict(REGISTRY if registry is None else registry)
         self.metrics = Metrics()
         self.db, self.spool, self.service = build_ingest(settings, self.metrics)
         self.scp = StorageSCP(settings.node.ae_title, settings.ingest, self.service, self.metrics)
-        self.sweeper = CompletionSweeper(settings, self.db, self.metrics, REGISTRY.keys())
+        self.sweeper = CompletionSweeper(settings, self.db, self.metrics, self.registry.keys())
+        self.executor = LocalExecutor(settings.workers, self.db, self.metrics, self.registry,
+                                      self.spool.root)
         self.scheduler = build_scheduler()
         self.metrics.watch_spool(lambda: float(self.spool.free_bytes()))
         self.metrics.watch_queue(lambda: job_counts(self.db))
@@ -89,7 +95,10 @@ class Daemon:
         self.scp.start()
         add_interval(self.scheduler, "completion-sweep", self.sweeper.sweep,
                      self.settings.assembly.sweep_interval_seconds)
+        add_interval(self.scheduler, "job-recovery", self.executor.recover,
+                     min(30.0, self.settings.workers.lease_seconds / 4))
         self.scheduler.start()
+        self.executor.start()
         if self.http is not None:
             self.http.start()
         LOGGER.info("qcd ready: AE %s, spool %s, database %s", self.settings.node.ae_title,
@@ -100,6 +109,7 @@ class Daemon:
         LOGGER.info("shutting down: draining associations")
         aborted = self.scp.stop()
         self.scheduler.shutdown(wait=True)
+        self.executor.stop()
         if self.http is not None:
             self.http.stop()
         self.db.dispose()

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--aet", default="QCDSEND", help="calling AE title (default QCDSEND)")
     imp = sub.add_parser("import", help="ingest files from disk through the SCP's path")
     imp.add_argument("paths", nargs="+", help="files or directories")
+    analyze = sub.add_parser("analyze", help="run the applicable analyzers on a DICOM folder")
+    analyze.add_argument("paths", nargs="+", help="files or directories")
+    analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
     demo = sub.add_parser("demo-study", help="write a synthetic multi-series study")
     demo.add_argument("out_dir")
     demo.add_argument("--size", type=int, default=64, help="image rows/columns")
@@ -154,6 +157,31 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if counts else 0
 
 
+def _analyze(settings: Settings, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from qcd.analyze import analyze_paths
+    from qcd.analyzers import REGISTRY
+
+    rows, skipped = analyze_paths(args.paths, settings, REGISTRY)
+    if args.json:
+        print(json.dumps({"results": [dataclasses.asdict(r) for r in rows],
+                          "skipped": skipped}, indent=2, default=str))
+    else:
+        for line in skipped:
+            print(f"skipped {line}")
+        for r in rows:
+            print(f"{r.series_uid}  {r.modality or '-':<3} {r.series_description or '':<24.24} "
+                  f"{r.analyzer:<8} {r.status}{'  ' + r.model if r.model else ''}"
+                  f"{'  ' + r.error if r.error else ''}")
+            for f in r.findings:
+                value = f.value_text if f.value_text is not None else f.value_num
+                print(f"    {f.name} = {value}{' ' + f.unit if f.unit else ''}")
+        if not rows:
+            print("no series matched a routing rule")
+    return 1 if any(r.status == "failed" for r in rows) else 0
+
+
 def _demo_study(settings: Settings, args: argparse.Namespace) -> int:
     from qcd.synth import make_study
 
@@ -207,6 +235,7 @@ _COMMANDS = {
     "status": _status,
     "send": _send,
     "import": _import,
+    "analyze": _analyze,
     "demo-study": _demo_study,
 }
 

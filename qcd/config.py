@@ -146,6 +146,23 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    """The local executor that runs analysis jobs."""
+
+    threads: int = 2
+    """Worker threads in ``qcd serve``; 0 runs no analysis on this node."""
+    poll_interval_seconds: float = 0.5
+    max_attempts: int = 3
+    """A job that failed this many times stays FAILED (with its reason)."""
+    retry_backoff_seconds: float = 30.0
+    """Delay before retry n is backoff * 2**(n-1)."""
+    lease_seconds: float = 900.0
+    """A RUNNING job whose lease expired (its worker died) is queued again."""
+    models_path: str = "models"
+    """Root of the model bundles (``<name>/<version>/model.json``)."""
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     """The HTTP endpoint for ``/metrics``, ``/healthz`` and ``/readyz``."""
 
@@ -170,6 +187,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     assembly: AssemblySettings = field(default_factory=AssemblySettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -384,6 +402,12 @@ def _validate(s: Settings) -> None:
             except re.error as exc:
                 need(False, f"routing.rules[{i}].{name}", f"a valid regular expression ({exc})",
                      pattern)
+    need(0 <= s.workers.threads <= 64, "workers.threads", "0-64", s.workers.threads)
+    need(1 <= s.workers.max_attempts <= 100, "workers.max_attempts", "1-100",
+         s.workers.max_attempts)
+    for name in ("poll_interval_seconds", "retry_backoff_seconds", "lease_seconds"):
+        value = getattr(s.workers, name)
+        need(value > 0, f"workers.{name}", "a number of seconds > 0", value)
     need(s.logging.level.upper() in LOG_LEVELS, "logging.level", ", ".join(LOG_LEVELS),
          s.logging.level)
     need(s.logging.format in LOG_FORMATS, "logging.format", ", ".join(LOG_FORMATS),

@@ -44,6 +44,12 @@ class Metrics:
         self.jobs_created = Counter(
             "qcd_jobs_created", "Analysis jobs created by routing", ["analyzer", "state"],
             registry=r)
+        self.jobs_finished = Counter(
+            "qcd_jobs_finished", "Analysis job attempts by outcome (DONE, QUEUED = retry, "
+            "FAILED)", ["analyzer", "state"], registry=r)
+        self.job_seconds = Histogram(
+            "qcd_job_seconds", "Wall time of one analysis job", ["analyzer"],
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=r)
         self.spool_free_bytes = Gauge(
             "qcd_spool_free_bytes", "Free bytes on the spool filesystem", registry=r)
 

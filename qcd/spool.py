@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qcd.errors import SpoolError
+from qcd.hashing import sha256_file
 from qcd.ingest import status
 from qcd.uids import is_valid_uid
 
@@ -139,7 +140,7 @@ class Spool:
                     os.link(tmp_path, candidate)
                     break
                 except FileExistsError:
-                    if _sha256_file(candidate) == digest:
+                    if sha256_file(candidate) == digest:
                         return SpooledFile(candidate, self._rel(candidate), digest, len(data),
                                            version, StoreOutcome.DUPLICATE)
                     version += 1
@@ -161,7 +162,7 @@ class Spool:
             candidate = self.path_for(study_uid, series_uid, sop_uid, version)
             if not candidate.exists():
                 return None
-            if _sha256_file(candidate) == digest:
+            if sha256_file(candidate) == digest:
                 return candidate, version
             version += 1
 
@@ -208,10 +209,3 @@ def _fsync_dir(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

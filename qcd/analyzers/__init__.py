@@ -9,7 +9,8 @@ with state UNAVAILABLE, never dropped.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-REGISTRY: Mapping[str, Any] = {}
+from qcd.analyzers.base import Analyzer
+
+REGISTRY: Mapping[str, Analyzer] = {}
 """Analyzer name -> implementation. Empty until the analysis engine lands."""

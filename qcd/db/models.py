@@ -145,6 +145,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
     not_before: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    """Not to be claimed before this time (retry back-off)."""
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    """While RUNNING: when the job counts as abandoned by a dead worker."""
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

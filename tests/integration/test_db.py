@@ -55,7 +55,18 @@ def test_migrations_create_schema_and_are_idempotent(db: Database) -> None:
     assert TABLES <= set(inspect(db.engine).get_table_names())
     db.upgrade()
     db.check()
-    assert db.current_revision() == db.head_revision() == "0001"
+    assert db.current_revision() == db.head_revision() == "0002"
+
+
+def test_migrations_match_the_models(db: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from qcd.db.models import Base
+
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
 
 
 def test_check_refuses_unmigrated_database(tmp_path: object) -> None:

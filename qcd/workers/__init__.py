@@ -1,0 +1,1 @@
+"""Running analysis jobs: the DB-backed queue, the shared run path, the local executor."""

@@ -1,0 +1,223 @@
+"""The job queue in the database: atomic claim, lease, completion, bounded retries.
+
+Claims are atomic on both backends: PostgreSQL uses ``FOR UPDATE SKIP LOCKED`` so
+several worker processes never take the same job; SQLite serialises writers with
+``BEGIN IMMEDIATE``. A RUNNING job carries a lease; when a worker dies its lease
+expires and :func:`requeue_expired` queues the job again. Results are accepted only
+from the worker that still holds the job, so a job run twice stores findings once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import delete, or_, select
+
+from qcd.analyzers.base import Finding
+from qcd.bundles import Bundle
+from qcd.db.engine import Database
+from qcd.db.models import Finding as FindingRow
+from qcd.db.models import Instance, Job, JobState, Series, utcnow
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker now holds, with what is needed to run it."""
+
+    id: int
+    analyzer: str
+    attempt: int
+    series_id: int
+    series_uid: str
+    modality: str | None
+    relpaths: tuple[str, ...]
+    """Spool-relative paths, newest version of each SOP instance, instance order."""
+
+
+def claim_next(
+    db: Database, worker: str, analyzers: Collection[str], lease_seconds: float,
+    now: dt.datetime | None = None,
+) -> ClaimedJob | None:
+    """Take the oldest runnable QUEUED job for one of ``analyzers``, or None."""
+    if not analyzers:
+        return None
+    now = now or utcnow()
+    with db.session() as session:
+        query = (
+            select(Job)
+            .where(Job.state == JobState.QUEUED, Job.analyzer.in_(list(analyzers)),
+                   or_(Job.not_before.is_(None), Job.not_before <= now))
+            .order_by(Job.id)
+            .limit(1)
+        )
+        if not db.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        job = session.scalars(query).first()
+        if job is None:
+            return None
+        job.state = JobState.RUNNING
+        job.attempts += 1
+        job.worker = worker
+        job.started_at = now
+        job.updated_at = now
+        job.lease_expires_at = now + dt.timedelta(seconds=lease_seconds)
+        series = session.get(Series, job.series_id)
+        assert series is not None  # foreign key
+        rows = session.execute(
+            select(Instance.sop_uid, Instance.version, Instance.instance_number, Instance.path)
+            .where(Instance.series_id == series.id)
+        ).all()
+        newest: dict[str, tuple[int, int, str]] = {}
+        for sop, version, number, path in rows:
+            if sop not in newest or version > newest[sop][0]:
+                newest[sop] = (version, number if number is not None else 0, path)
+        ordered = sorted(newest.items(), key=lambda kv: (kv[1][1], kv[0]))
+        return ClaimedJob(job.id, job.analyzer, job.attempts, series.id, series.series_uid,
+                          series.modality, tuple(v[2] for _, v in ordered))
+
+
+def complete(
+    db: Database, job_id: int, worker: str, findings: Sequence[Finding], bundle: Bundle | None,
+) -> bool:
+    """Store findings and mark DONE; False (nothing stored) if the job is no longer ours."""
+    now = utcnow()
+    with db.session() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.state != JobState.RUNNING or job.worker != worker:
+            LOGGER.warning("job %d finished on %s but is no longer held by it; result dropped",
+                           job_id, worker)
+            return False
+        session.execute(delete(FindingRow).where(FindingRow.job_id == job_id))
+        for f in findings:
+            session.add(FindingRow(
+                job_id=job_id, series_id=job.series_id, analyzer=job.analyzer, name=f.name,
+                value_num=f.value_num, value_text=f.value_text, unit=f.unit,
+                payload=dict(f.payload) or None,
+                model_name=bundle.name if bundle else None,
+                model_version=bundle.version if bundle else None,
+                model_sha256=bundle.sha256 if bundle else None, created_at=now))
+        job.state = JobState.DONE
+        job.finished_at = job.updated_at = now
+        job.lease_expires_at = None
+        job.error = None
+    return True
+
+
+def retry_delay(backoff_seconds: float, attempt: int) -> float:
+    """Exponential back-off: attempt 1 waits ``backoff``, attempt 2 twice that, ..."""
+    return backoff_seconds * 2 ** max(attempt - 1, 0)
+
+
+def fail(
+    db: Database, job_id: int, worker: str, error: str, *, max_attempts: int,
+    backoff_seconds: float, permanent: bool = False,
+) -> JobState | None:
+    """Record a failure; queue a retry with back-off or give up after ``max_attempts``.
+
+    Returns the job's new state, or None if the job is no longer held by ``worker``.
+    """
+    now = utcnow()
+    with db.session() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.state != JobState.RUNNING or job.worker != worker:
+            return None
+        job.error = error[:2000]
+        job.updated_at = now
+        job.lease_expires_at = None
+        if permanent or job.attempts >= max_attempts:
+            job.state = JobState.FAILED
+            job.finished_at = now
+        else:
+            job.state = JobState.QUEUED
+            job.not_before = now + dt.timedelta(
+                seconds=retry_delay(backoff_seconds, job.attempts))
+        return job.state
+
+
+def requeue_expired(db: Database, max_attempts: int, now: dt.datetime | None = None) -> int:
+    """Queue again (or fail, when out of attempts) RUNNING jobs whose lease expired."""
+    now = now or utcnow()
+    with db.session() as session:
+        jobs = session.scalars(select(Job).where(
+            Job.state == JobState.RUNNING, Job.lease_expires_at < now)).all()
+        for job in jobs:
+            LOGGER.warning("job %d (%s) lost its worker %s; %s", job.id, job.analyzer,
+                           job.worker, "giving up" if job.attempts >= max_attempts else "re-queued")
+            job.error = f"worker {job.worker} stopped before finishing (lease expired)"
+            job.lease_expires_at = None
+            job.updated_at = now
+            if job.attempts >= max_attempts:
+                job.state = JobState.FAILED
+                job.finished_at = now
+            else:
+                job.state = JobState.QUEUED
+                job.not_before = None
+        return len(jobs)
+
+
+def worker_id(thread: int) -> str:
+    """``host:pid:thread``: who holds a job, and enough to tell if it is still alive."""
+    return f"{socket.gethostname()}:{os.getpid()}:{thread}"
+
+
+def release_dead_local(db: Database) -> int:
+    """Queue again the jobs held by processes on this host that no longer exist.
+
+    After a crash and restart this picks the interrupted jobs up at once instead of
+    waiting for their lease; jobs of live processes (other workers) are left alone.
+    """
+    host = socket.gethostname()
+    released = 0
+    with db.session() as session:
+        jobs = session.scalars(select(Job).where(
+            Job.state == JobState.RUNNING, Job.worker.like(f"{host}:%"))).all()
+        for job in jobs:
+            try:
+                pid = int((job.worker or "").split(":")[1])
+            except (IndexError, ValueError):
+                continue
+            if pid == os.getpid() or _alive(pid):
+                continue
+            job.state = JobState.QUEUED
+            job.lease_expires_at = None
+            job.not_before = None
+            job.error = f"interrupted: worker {job.worker} is gone"
+            released += 1
+    if released:
+        LOGGER.warning("re-queued %d job(s) interrupted by a crash", released)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def activate_available(db: Database, available: Collection[str]) -> int:
+    """UNAVAILABLE jobs whose analyzer is now installed are queued (e.g. after upgrade)."""
+    if not available:
+        return 0
+    with db.session() as session:
+        jobs = session.scalars(select(Job).where(
+            Job.state == JobState.UNAVAILABLE, Job.analyzer.in_(list(available)))).all()
+        for job in jobs:
+            job.state = JobState.QUEUED
+            job.error = None
+        return len(jobs)
+
+
+def resolve(spool_root: Path, relpaths: Sequence[str]) -> tuple[Path, ...]:
+    return tuple(spool_root / p for p in relpaths)
