@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -27,14 +28,24 @@ class Recorded:
     reopened: bool
 
 
+class StoredFile(Protocol):
+    """Where the spool put the instance (satisfied by :class:`qcd.spool.SpooledFile`)."""
+
+    @property
+    def relpath(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+
+
 def record_instance(
     db: Database,
     header: InstanceHeader,
+    stored: StoredFile,
     *,
-    relpath: str,
-    size: int,
-    sha256: str,
-    version: int,
     calling_ae: str | None,
     reopen_completed: bool,
 ) -> Recorded:
@@ -52,8 +63,7 @@ def record_instance(
     for _ in range(_RETRIES):
         try:
             with db.session() as session:
-                return _record(session, header, relpath, size, sha256, version, calling_ae,
-                               reopen_completed)
+                return _record(session, header, stored, calling_ae, reopen_completed)
         except IntegrityError as exc:
             last_exc = exc
             continue
@@ -65,10 +75,7 @@ def record_instance(
 def _record(
     session: Session,
     h: InstanceHeader,
-    relpath: str,
-    size: int,
-    sha256: str,
-    version: int,
+    stored: StoredFile,
     calling_ae: str | None,
     reopen_completed: bool,
 ) -> Recorded:
@@ -97,16 +104,18 @@ def _record(
         session.flush()
 
     exists = session.scalars(
-        select(Instance.id).where(Instance.sop_uid == h.sop_uid, Instance.version == version)
+        select(Instance.id).where(Instance.sop_uid == h.sop_uid,
+                                  Instance.version == stored.version)
     ).first()
     if exists is not None:
         # An idempotent resend: the row is already there; nothing changes.
         return Recorded(series.id, new_instance=False, reopened=False)
 
     session.add(Instance(
-        series_id=series.id, sop_uid=h.sop_uid, version=version, sop_class_uid=h.sop_class_uid,
-        transfer_syntax=h.transfer_syntax, instance_number=h.instance_number, path=relpath,
-        size=size, sha256=sha256, calling_ae=calling_ae, received_at=now,
+        series_id=series.id, sop_uid=h.sop_uid, version=stored.version,
+        sop_class_uid=h.sop_class_uid, transfer_syntax=h.transfer_syntax,
+        instance_number=h.instance_number, path=stored.relpath, size=stored.size,
+        sha256=stored.sha256, calling_ae=calling_ae, received_at=now,
     ))
     series.instance_count += 1
     series.last_received_at = now

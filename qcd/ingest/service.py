@@ -70,11 +70,8 @@ class IngestService:
                                    calling_ae)
             header = parse_header(part10, sop_class_uid, sop_uid, transfer_syntax)
             spooled = self.spool.store(header.study_uid, header.series_uid, header.sop_uid, part10)
-            recorded = record_instance(
-                self.db, header, relpath=spooled.relpath, size=spooled.size,
-                sha256=spooled.sha256, version=spooled.version, calling_ae=calling_ae,
-                reopen_completed=self.reopen_completed,
-            )
+            recorded = record_instance(self.db, header, spooled, calling_ae=calling_ae,
+                                       reopen_completed=self.reopen_completed)
         except IngestError as exc:
             LOGGER.warning("refused SOP instance %s from %s: 0x%04X %s",
                            sop_uid if _printable(sop_uid) else "<invalid>", ae_label,

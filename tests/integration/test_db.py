@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 import threading
 
 import pytest
@@ -34,9 +35,17 @@ def header(sop: str, series: str = "1.2.3.4", modality: str = "PT", **kw: object
     return InstanceHeader(**values)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class Stored:
+    relpath: str
+    size: int = 10
+    sha256: str = "0" * 64
+    version: int = 1
+
+
 def record(db: Database, h: InstanceHeader, version: int = 1, reopen: bool = True) -> object:
-    return record_instance(db, h, relpath=f"x/{h.sop_uid}", size=10, sha256="0" * 64,
-                           version=version, calling_ae="CT1", reopen_completed=reopen)
+    return record_instance(db, h, Stored(f"x/{h.sop_uid}", version=version), calling_ae="CT1",
+                           reopen_completed=reopen)
 
 
 @pytest.fixture
