@@ -83,6 +83,10 @@ class IngestService:
             self.metrics.store_failures.labels(
                 status=f"0x{status.DATABASE_UNAVAILABLE:04X}").inc()
             return StoreResult(status.DATABASE_UNAVAILABLE, "database unavailable")
+        except Exception:  # a bug must answer a failure, never Success, and never crash
+            LOGGER.exception("unexpected error while storing %s", sop_uid)
+            self.metrics.store_failures.labels(status=f"0x{status.PROCESSING_FAILURE:04X}").inc()
+            return StoreResult(status.PROCESSING_FAILURE, "internal error in qcd")
         finally:
             self.metrics.store_seconds.observe(time.perf_counter() - started)
         modality = header.modality or "-"
