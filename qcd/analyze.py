@@ -20,6 +20,7 @@ from qcd.importer import iter_files
 from qcd.ingest.header import parse_header, split_part10
 from qcd.routing import SeriesFacts, route
 from qcd.workers.run import BundleCache, run_analyzer
+from qcd.workers.runtime import LocalRuntime
 
 
 @dataclass
@@ -62,6 +63,7 @@ def analyze_paths(
 ) -> tuple[list[AnalysisRow], list[str]]:
     """Route every series found under ``paths`` and run the analyzers that apply."""
     bundles = BundleCache(settings.workers.models_path)
+    runtime = LocalRuntime()
     rows: list[AnalysisRow] = []
     series, skipped = group_series(paths)
     for uid, files in series.items():
@@ -77,7 +79,7 @@ def analyze_paths(
             else:
                 try:
                     outcome = run_analyzer(analyzer, SeriesInput(uid, modality, tuple(files)),
-                                           bundles)
+                                           bundles, runtime)
                     row.status, row.findings = "done", outcome.findings
                     if outcome.bundle:
                         b = outcome.bundle

@@ -161,3 +161,74 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray, bits: int, signed: bool) -> Non
     ds.HighBit = bits - 1
     ds.PixelRepresentation = 1 if signed else 0
     ds.PixelData = pixels.tobytes()
+
+
+PET_DOSE_BQ = 300e6
+PET_HALF_LIFE_S = 6586.2  # 18F
+PET_UPTAKE_S = 3600
+
+
+def write_pet_series(
+    volume_suv: np.ndarray,
+    spacing: tuple[float, float, float],
+    out_dir: str | Path,
+    *,
+    weight_kg: float = 70.0,
+    description: str = "PET WB FDG",
+    reconstruction: str = "OSEM3D 4i8s",
+    kernel: str = "XYZ Gauss5.00",
+    study_uid: str | None = None,
+    seed: int = 0,
+) -> list[Path]:
+    """Write a (z, y, x) SUV volume as a PET Image Storage series in Bq/mL.
+
+    The header carries what SUV needs (Units BQML, weight, dose, half-life, injection
+    time one hour before the series, DecayCorrection START), so SUV read back equals
+    ``volume_suv`` up to 16-bit quantisation. Files are named in shuffled order so
+    readers must sort by position, as with real exports.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    decayed = PET_DOSE_BQ * np.exp(-np.log(2) * PET_UPTAKE_S / PET_HALF_LIFE_S)
+    bqml = volume_suv.astype(np.float64) * decayed / (weight_kg * 1000.0)
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    spec = SeriesSpec("PT", volume_suv.shape[0], description, "WHOLEBODY")
+    names = rng.permutation(volume_suv.shape[0])
+    paths = []
+    for k in range(volume_suv.shape[0]):
+        ds = _base(spec, study_uid, series_uid, 1, k)
+        ds.Units = "BQML"
+        ds.DecayCorrection = "START"
+        ds.CorrectedImage = ["DECY", "ATTN", "SCAT"]
+        ds.PatientWeight = weight_kg
+        ds.PatientSize = 1.75
+        ds.SeriesTime = ds.AcquisitionTime = "110000"
+        ds.AcquisitionDate = ds.SeriesDate
+        ds.ReconstructionMethod = reconstruction
+        ds.ConvolutionKernel = kernel
+        info = Dataset()
+        info.Radiopharmaceutical = "Fluorodeoxyglucose"
+        info.RadionuclideTotalDose = PET_DOSE_BQ
+        info.RadionuclideHalfLife = PET_HALF_LIFE_S
+        info.RadiopharmaceuticalStartTime = "100000"
+        ds.RadiopharmaceuticalInformationSequence = [info]
+        plane = bqml[k]
+        top = max(float(plane.max()), 1.0)
+        slope = top / 32767.0
+        _set_pixels(ds, np.round(plane / slope).clip(-32768, 32767).astype(np.int16),
+                    bits=16, signed=True)
+        ds.RescaleSlope = f"{slope:.6g}"[:16]
+        ds.RescaleIntercept = 0
+        ds.RescaleType = "BQML"
+        nz, ny, nx = volume_suv.shape
+        ds.ImagePositionPatient = [-(nx - 1) * spacing[2] / 2, -(ny - 1) * spacing[1] / 2,
+                                   -k * spacing[0]]  # head first: z decreases
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [spacing[1], spacing[2]]
+        ds.SliceThickness = spacing[0]
+        path = out / f"PT_{int(names[k]):04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

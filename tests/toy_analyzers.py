@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from qcd.analyzers.base import Acceptance, Finding, SeriesInput
+from qcd.analyzers.base import Acceptance, Finding, Runtime, SeriesInput
 from qcd.bundles import Bundle
 from qcd.errors import InferenceError
 from qcd.hashing import sha256_file
@@ -28,7 +28,8 @@ class CountAnalyzer:
             return Acceptance(False, "not a PET series")
         return Acceptance(True)
 
-    def analyze(self, series: SeriesInput, bundle: Bundle | None) -> list[Finding]:
+    def analyze(self, series: SeriesInput, bundle: Bundle | None,
+                runtime: Runtime) -> list[Finding]:
         assert bundle is not None
         scale = float(bundle.spec["input"]["scale"])
         mean = float(np.mean([pydicom.dcmread(p).pixel_array.mean() for p in series.paths]))
@@ -50,7 +51,8 @@ class FlakyAnalyzer:
     def accepts(self, headers: Sequence[Dataset]) -> Acceptance:
         return Acceptance(True)
 
-    def analyze(self, series: SeriesInput, bundle: Bundle | None) -> list[Finding]:
+    def analyze(self, series: SeriesInput, bundle: Bundle | None,
+                runtime: Runtime) -> list[Finding]:
         self.calls += 1
         if self.calls <= self.failures:
             raise InferenceError(f"flaky failure {self.calls}")

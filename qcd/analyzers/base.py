@@ -8,7 +8,7 @@ knows nothing of DICOM networking, the database or outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -49,6 +49,22 @@ class Acceptance:
     reason: str = ""
 
 
+class Predictor(Protocol):
+    """A loaded model behind the batching service (see :mod:`qcd.workers.inference`)."""
+
+    def predict(self, x: Any) -> Any:
+        """Run the model on a (n, ...) tensor; returns float32 CPU outputs."""
+        ...
+
+
+class Runtime(Protocol):
+    """What the engine lends an analyzer at run time: shared, batched predictors."""
+
+    def predictor(self, key: str, factory: Callable[[], Any]) -> Predictor:
+        """The predictor for ``key`` (created once per process from ``factory``)."""
+        ...
+
+
 class Analyzer(Protocol):
     """What the engine needs from an analyzer; implementations live in the registry."""
 
@@ -61,6 +77,7 @@ class Analyzer(Protocol):
         """Decide from header values alone (no pixels) whether to analyse."""
         ...
 
-    def analyze(self, series: SeriesInput, bundle: Bundle | None) -> list[Finding]:
+    def analyze(self, series: SeriesInput, bundle: Bundle | None,
+                runtime: Runtime) -> list[Finding]:
         """Run on the series; raise :class:`~qcd.errors.InferenceError` on bad input."""
         ...

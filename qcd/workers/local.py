@@ -15,6 +15,7 @@ from qcd.errors import DatabaseError, InferenceError
 from qcd.metrics import Metrics
 from qcd.workers import queue
 from qcd.workers.run import BundleCache, run_analyzer
+from qcd.workers.runtime import LocalRuntime
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class LocalExecutor:
         self.registry = dict(registry)
         self.spool_root = spool_root
         self.bundles = BundleCache(settings.models_path)
+        self.runtime = LocalRuntime()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -96,7 +98,7 @@ class LocalExecutor:
                              queue.resolve(self.spool_root, job.relpaths))
         started = time.perf_counter()
         try:
-            outcome = run_analyzer(analyzer, series, self.bundles)
+            outcome = run_analyzer(analyzer, series, self.bundles, self.runtime)
         except InferenceError as exc:
             self._failed(job, worker, str(exc))
             return

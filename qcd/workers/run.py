@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pydicom
 
-from qcd.analyzers.base import Analyzer, Finding, SeriesInput
+from qcd.analyzers.base import Analyzer, Finding, Runtime, SeriesInput
 from qcd.bundles import Bundle, load_bundle
 from qcd.errors import InferenceError
 
@@ -46,7 +46,9 @@ def read_headers(paths: Sequence[Path]) -> list[pydicom.Dataset]:
         raise InferenceError(f"cannot read series headers: {exc}") from exc
 
 
-def run_analyzer(analyzer: Analyzer, series: SeriesInput, bundles: BundleCache) -> Outcome:
+def run_analyzer(
+    analyzer: Analyzer, series: SeriesInput, bundles: BundleCache, runtime: Runtime
+) -> Outcome:
     """Accept or decline the series, load the bundle, analyse.
 
     A declined series yields one ``not_applicable`` finding with the reason rather
@@ -63,5 +65,5 @@ def run_analyzer(analyzer: Analyzer, series: SeriesInput, bundles: BundleCache) 
     if not verdict.ok:
         return Outcome([Finding("not_applicable", value_text=verdict.reason[:128])], None)
     bundle = bundles.get(analyzer.bundle) if analyzer.bundle else None
-    findings = analyzer.analyze(series, bundle)
+    findings = analyzer.analyze(series, bundle, runtime)
     return Outcome(list(findings), bundle)

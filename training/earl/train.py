@@ -1,0 +1,257 @@
+"""Train the two EARL CNNs on simulated PET and write the model bundle.
+
+    python -m training.earl.train --n-per-class 300 --out models/earl/1.0.0 \
+        [--workers 16] [--epochs 20] [--seed 20261126] [--device auto] [--compare-paper]
+
+Cases come from ``training.earl.simulate.simulate_case`` (anthropomorphic FDG volumes
+rendered with sampled resolution, overshoot, noise and voxel size; the label is the
+EARL band of the NEMA phantom rendered with the same parameters). Each case is
+preprocessed by the daemon's own functions (``qcd.analyzers.earl.preprocess``). The
+split is by case (slices of one case never straddle train and test). Everything is
+seeded; the bundle records the seed, the data description and held-out metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qcd.analyzers.earl.decision import Thresholds, decide
+from qcd.analyzers.earl.model import EarlModel
+from qcd.analyzers.earl.preprocess import (
+    EDGE_CLIP,
+    EDGE_FWHM_MM,
+    GRID_MM,
+    N_SLICES,
+    PREPROCESSING_VERSION,
+    SLICE_SHAPE,
+    STAGE2_POOL,
+    prepare,
+)
+from qcd.hashing import sha256_file
+
+LOGGER = logging.getLogger("training.earl")
+LABELS = ("clinical", "EARL1", "EARL2")
+VERSION = "1.0.0"
+
+
+@dataclass
+class Case:
+    s1: np.ndarray  # (10, 1, 300, 200) float16
+    s2: np.ndarray
+    label: str
+    params: dict[str, Any]
+
+
+def make_case(task: tuple[int, str]) -> Case:
+    """Simulate and preprocess one case (runs in a worker process)."""
+    from training.earl.simulate import simulate_case
+
+    seed, label = task
+    volume, params, got, _rc = simulate_case(np.random.default_rng(seed), label)
+    s1, _, s2, _ = prepare(volume, tuple(params.voxel_mm))
+    return Case(s1.astype(np.float16), s2.astype(np.float16), got,
+                {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()})
+
+
+def make_cases(n_per_class: int, seed: int, workers: int) -> list[Case]:
+    tasks = [(seed * 100_003 + i * len(LABELS) + k, label)
+             for i in range(n_per_class) for k, label in enumerate(LABELS)]
+    if workers <= 1:
+        return [make_case(t) for t in tasks]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        return pool.map(make_case, tasks, chunksize=2)
+
+
+def _slices(cases: list[Case], stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if stage == 1:
+        xs = [c.s1 for c in cases]
+        ys = [int(c.label != "clinical") for c in cases for _ in range(len(c.s1))]
+    else:
+        keep = [c for c in cases if c.label != "clinical"]
+        xs = [c.s2 for c in keep]
+        ys = [int(c.label == "EARL2") for c in keep for _ in range(len(c.s2))]
+    return torch.from_numpy(np.concatenate(xs).astype(np.float32)), torch.tensor(ys)
+
+
+def train_stage(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
+                device: torch.device, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    net.to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * (
+        (len(x) + 63) // 64))
+    counts = torch.bincount(y, minlength=2).float()
+    loss_fn = nn.CrossEntropyLoss(weight=(counts.sum() / (2 * counts.clamp(min=1))).to(device))
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for start in range(0, len(x), 64):
+            idx = order[start:start + 64]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            if torch.rand(1, generator=gen).item() < 0.5:  # sagittal planes: flip A-P
+                xb = xb.flip(-1)
+            if torch.rand(1, generator=gen).item() < 0.5:  # head up or down (DICOM z order)
+                xb = xb.flip(-2)
+            opt.zero_grad()
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+        LOGGER.info("  epoch %d/%d loss %.4f", epoch + 1, epochs, total / len(x))
+    net.eval()
+
+
+@torch.inference_mode()
+def case_probabilities(model: EarlModel, cases: list[Case], device: torch.device
+                       ) -> list[tuple[float, float]]:
+    out = []
+    for c in cases:
+        p1 = torch.softmax(model.stage1(torch.from_numpy(c.s1.astype(np.float32)).to(device)),
+                           1)[:, 1].mean().item()
+        p2 = torch.softmax(model.stage2(torch.from_numpy(c.s2.astype(np.float32)).to(device)),
+                           1)[:, 1].mean().item()
+        out.append((p1, p2))
+    return out
+
+
+def evaluate(model: EarlModel, cases: list[Case], device: torch.device,
+             thresholds: Thresholds) -> dict[str, Any]:
+    """Case-level metrics with the daemon's decision rule."""
+    probs = case_probabilities(model, cases, device)
+    confusion = {t: {p: 0 for p in (*LABELS, "indeterminate")} for t in LABELS}
+    stage1_ok = stage2_ok = stage2_n = 0
+    for c, (p1, p2) in zip(cases, probs, strict=True):
+        verdict = decide(p1, p2 if p1 >= thresholds.stage1 else None, thresholds)
+        confusion[c.label][verdict] += 1
+        stage1_ok += int((p1 >= thresholds.stage1) == (c.label != "clinical"))
+        if c.label != "clinical":
+            stage2_n += 1
+            stage2_ok += int((p2 >= 0.5) == (c.label == "EARL2"))
+    per_class = {t: confusion[t][t] / max(sum(confusion[t].values()), 1) for t in LABELS}
+    return {
+        "n_cases": len(cases),
+        "stage1_accuracy": stage1_ok / max(len(cases), 1),
+        "stage2_accuracy": stage2_ok / max(stage2_n, 1),
+        "accuracy_per_class": per_class,
+        "indeterminate_rate": sum(confusion[t]["indeterminate"] for t in LABELS) / max(
+            len(cases), 1),
+        "confusion": confusion,
+    }
+
+
+def fit(cases: list[Case], architecture: str, epochs: int, device: torch.device,
+        seed: int) -> EarlModel:
+    torch.manual_seed(seed)
+    model = EarlModel(architecture)
+    for stage, net in ((1, model.stage1), (2, model.stage2)):
+        x, y = _slices(cases, stage)
+        LOGGER.info("%s stage %d: %d slices (%d positive)", architecture, stage, len(x),
+                    int(y.sum()))
+        train_stage(net, x, y, epochs, device, seed + stage)
+    return model.cpu().eval()
+
+
+def split(cases: list[Case], seed: int, test_fraction: float) -> tuple[list[Case], list[Case]]:
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in LABELS:
+        group = [c for c in cases if c.label == label]
+        order = rng.permutation(len(group))
+        n_test = max(1, int(round(test_fraction * len(group))))
+        test += [group[i] for i in order[:n_test]]
+        train += [group[i] for i in order[n_test:]]
+    return train, test
+
+
+def write_bundle(out: Path, model: EarlModel, architecture: str, metrics: dict[str, Any],
+                 comparison: dict[str, Any], args: argparse.Namespace, n_train: int,
+                 n_test: int, seconds: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / "weights.pt"
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+    thresholds = Thresholds()
+    spec = {
+        "name": "earl", "version": VERSION, "architecture": architecture,
+        "weights": weights.name, "sha256": sha256_file(weights),
+        "labels": ["clinical", "EARL1", "EARL2", "indeterminate"],
+        "input": {"shape": [1, *SLICE_SHAPE], "grid_mm": GRID_MM,
+                  "edge_fwhm_mm": EDGE_FWHM_MM, "edge_clip_suv": EDGE_CLIP,
+                  "slices": N_SLICES, "stage2_pool": STAGE2_POOL, "units": "SUVbw"},
+        "preprocessing": PREPROCESSING_VERSION,
+        "thresholds": vars(thresholds),
+        "training": {"seed": args.seed, "epochs": args.epochs, "n_train_cases": n_train,
+                     "n_test_cases": n_test, "data": "simulated FDG PET, see MODEL_CARD.md",
+                     "trained_on": args.device_name, "seconds": round(seconds, 1),
+                     "date": dt.date.today().isoformat(),
+                     "command": f"python -m training.earl.train --n-per-class "
+                                f"{args.n_per_class} --epochs {args.epochs} --seed {args.seed}"},
+        "metrics": {"held_out_simulated": metrics},
+        "architecture_comparison": comparison,
+    }
+    (out / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
+    from training.earl.card import model_card
+
+    (out / "MODEL_CARD.md").write_text(model_card(spec))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n-per-class", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=20261126)
+    p.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 1))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--compare-paper", action="store_true",
+                   help="also train the seed paper's architecture and record both")
+    p.add_argument("--out", type=Path, default=Path("models/earl") / VERSION)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    args.device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    started = time.time()
+    cases = make_cases(args.n_per_class, args.seed, args.workers)
+    LOGGER.info("simulated %d cases in %.0f s: %s", len(cases), time.time() - started,
+                {t: sum(c.label == t for c in cases) for t in LABELS})
+    train, test = split(cases, args.seed, args.test_fraction)
+    comparison: dict[str, Any] = {}
+    best: tuple[float, str, EarlModel, dict[str, Any]] | None = None
+    for arch in (("edgenet", "paper") if args.compare_paper else ("edgenet",)):
+        t0 = time.time()
+        model = fit(train, arch, args.epochs, device, args.seed)
+        metrics = evaluate(model, test, torch.device("cpu"), Thresholds())
+        metrics["train_seconds"] = round(time.time() - t0, 1)
+        comparison[arch] = {k: metrics[k] for k in ("stage1_accuracy", "stage2_accuracy",
+                                                    "accuracy_per_class", "train_seconds")}
+        comparison[arch]["parameters"] = sum(q.numel() for q in model.stage1.parameters())
+        LOGGER.info("%s held-out: %s", arch, json.dumps(metrics))
+        score = min(metrics["accuracy_per_class"].values())
+        if best is None or score > best[0]:
+            best = (score, arch, model, metrics)
+    assert best is not None
+    _, arch, model, metrics = best
+    write_bundle(args.out, model, arch, metrics, comparison, args, len(train), len(test),
+                 time.time() - started)
+    LOGGER.info("wrote %s (architecture %s)", args.out, arch)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
