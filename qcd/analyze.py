@@ -63,7 +63,7 @@ def analyze_paths(
 ) -> tuple[list[AnalysisRow], list[str]]:
     """Route every series found under ``paths`` and run the analyzers that apply."""
     bundles = BundleCache(settings.workers.models_path)
-    runtime = LocalRuntime()
+    runtime = LocalRuntime(settings.inference)
     rows: list[AnalysisRow] = []
     series, skipped = group_series(paths)
     for uid, files in series.items():
@@ -87,4 +87,5 @@ def analyze_paths(
                 except InferenceError as exc:
                     row.status, row.error = "failed", str(exc)
             rows.append(row)
+    runtime.close()
     return rows, skipped

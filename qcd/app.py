@@ -28,6 +28,7 @@ from qcd.scheduler import add_interval, build_scheduler
 from qcd.spool import Spool
 from qcd.web.http import HealthServer
 from qcd.workers.local import LocalExecutor
+from qcd.workers.runtime import LocalRuntime
 
 LOGGER = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ class Daemon:
         self.db, self.spool, self.service = build_ingest(settings, self.metrics)
         self.scp = StorageSCP(settings.node.ae_title, settings.ingest, self.service, self.metrics)
         self.sweeper = CompletionSweeper(settings, self.db, self.metrics, self.registry.keys())
+        self.runtime = LocalRuntime(settings.inference)
         self.executor = LocalExecutor(settings.workers, self.db, self.metrics, self.registry,
-                                      self.spool.root)
+                                      self.spool.root, self.runtime)
         self.scheduler = build_scheduler()
         self.metrics.watch_spool(lambda: float(self.spool.free_bytes()))
         self.metrics.watch_queue(lambda: job_counts(self.db))
@@ -110,6 +112,7 @@ class Daemon:
         aborted = self.scp.stop()
         self.scheduler.shutdown(wait=True)
         self.executor.stop()
+        self.runtime.close()
         if self.http is not None:
             self.http.stop()
         self.db.dispose()

@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="run the applicable analyzers on a DICOM folder")
     analyze.add_argument("paths", nargs="+", help="files or directories")
     analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    phantom = sub.add_parser("earl-phantom",
+                             help="NEMA IEC phantom PET: recovery coefficients vs EARL bands")
+    phantom.add_argument("path", help="folder (or files) of one PET phantom series")
+    phantom.add_argument("--ratio", type=float, default=10.0,
+                         help="sphere:background activity ratio of the filling (default 10)")
+    phantom.add_argument("--json", action="store_true")
     demo = sub.add_parser("demo-study", help="write a synthetic multi-series study")
     demo.add_argument("out_dir")
     demo.add_argument("--size", type=int, default=64, help="image rows/columns")
@@ -182,6 +188,23 @@ def _analyze(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if any(r.status == "failed" for r in rows) else 0
 
 
+def _earl_phantom(settings: Settings, args: argparse.Namespace) -> int:
+    from qcd.analyzers.earl.phantom import analyze_phantom_series
+    from qcd.importer import iter_files
+
+    report = analyze_phantom_series(list(iter_files([args.path])), args.ratio)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    data = report.to_dict()
+    print(f"class: {data['label']}   background COV {100 * data['background_cov']:.1f}%   "
+          f"voxel {' x '.join(f'{v:.2f}' for v in data['voxel_mm'])} mm")
+    for row in data["spheres"]:
+        print("  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in row.items()))
+    return 0
+
+
 def _demo_study(settings: Settings, args: argparse.Namespace) -> int:
     from qcd.synth import make_study
 
@@ -236,6 +259,7 @@ _COMMANDS = {
     "send": _send,
     "import": _import,
     "analyze": _analyze,
+    "earl-phantom": _earl_phantom,
     "demo-study": _demo_study,
 }
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qcd.errors import ConfigError
+from qcd.workers.inference import DEVICE_CHOICES, DEVICE_RE, InferenceSettings
 
 ENV_PREFIX = "QCD_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -188,6 +189,7 @@ class Settings:
     assembly: AssemblySettings = field(default_factory=AssemblySettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -408,6 +410,14 @@ def _validate(s: Settings) -> None:
     for name in ("poll_interval_seconds", "retry_backoff_seconds", "lease_seconds"):
         value = getattr(s.workers, name)
         need(value > 0, f"workers.{name}", "a number of seconds > 0", value)
+    need(bool(DEVICE_RE.match(s.inference.device.strip().lower())), "inference.device",
+         DEVICE_CHOICES, s.inference.device)
+    need(1 <= s.inference.max_batch <= 4096, "inference.max_batch", "1-4096",
+         s.inference.max_batch)
+    need(0 <= s.inference.max_wait_ms <= 1000, "inference.max_wait_ms", "0-1000 milliseconds",
+         s.inference.max_wait_ms)
+    need(0 <= s.inference.cpu_threads <= 256, "inference.cpu_threads",
+         "0 (torch default) or 1-256", s.inference.cpu_threads)
     need(s.logging.level.upper() in LOG_LEVELS, "logging.level", ", ".join(LOG_LEVELS),
          s.logging.level)
     need(s.logging.format in LOG_FORMATS, "logging.format", ", ".join(LOG_FORMATS),

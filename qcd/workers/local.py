@@ -33,11 +33,13 @@ class LocalExecutor:
         The analyzers this installation runs (name -> instance).
     spool_root
         Where the instance files of a job live.
+    runtime
+        Shared batching predictors (owned by the composition root).
     """
 
     def __init__(
         self, settings: WorkerSettings, db: Database, metrics: Metrics,
-        registry: Mapping[str, Analyzer], spool_root: Path,
+        registry: Mapping[str, Analyzer], spool_root: Path, runtime: LocalRuntime,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -45,7 +47,7 @@ class LocalExecutor:
         self.registry = dict(registry)
         self.spool_root = spool_root
         self.bundles = BundleCache(settings.models_path)
-        self.runtime = LocalRuntime()
+        self.runtime = runtime
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

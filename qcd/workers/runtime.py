@@ -1,42 +1,30 @@
-"""The runtime the engine lends analyzers: one shared predictor per model and device."""
+"""The runtime the engine lends analyzers: one batching predictor per model and device.
+
+Several worker threads analysing different series share each predictor, so their
+slices are batched together on the GPU (or CPU) by :mod:`qcd.workers.inference`.
+"""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from qcd.analyzers.base import Predictor
-
-
-class _DirectPredictor:
-    """Runs the model in the caller's thread (placeholder until batching is wired)."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        self.model = model.to(device).eval()
-        self.device = device
-        self._lock = threading.Lock()
-
-    def predict(self, x: Any) -> Any:
-        with self._lock, torch.inference_mode():
-            return self.model(x.to(self.device)).float().cpu()
+from qcd.workers.inference import InferenceSettings, PredictorPool
 
 
 class LocalRuntime:
-    """Predictors keyed by model, created once per process, on ``device``."""
+    """Predictors keyed by model, created once per process on the configured device."""
 
-    def __init__(self, device: torch.device | None = None) -> None:
-        self.device = device or torch.device("cpu")
-        self._predictors: dict[str, Predictor] = {}
-        self._lock = threading.Lock()
+    def __init__(self, settings: InferenceSettings | None = None) -> None:
+        self.pool = PredictorPool(settings or InferenceSettings())
+
+    @property
+    def device(self) -> Any:
+        return self.pool.device
 
     def predictor(self, key: str, factory: Callable[[], Any]) -> Predictor:
-        with self._lock:
-            if key not in self._predictors:
-                self._predictors[key] = _DirectPredictor(factory(), self.device)
-            return self._predictors[key]
+        return self.pool.get(f"{key}@{self.pool.device}", factory)
 
     def close(self) -> None:
-        self._predictors.clear()
+        self.pool.close_all()
