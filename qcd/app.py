@@ -15,7 +15,6 @@ from types import FrameType
 from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import text
 
-from qcd.analyzers import REGISTRY
 from qcd.analyzers.base import Analyzer
 from qcd.assembly import CompletionSweeper
 from qcd.config import Settings
@@ -63,7 +62,11 @@ class Daemon:
     def __init__(self, settings: Settings, registry: Mapping[str, Analyzer] | None = None) -> None:
         configure_pynetdicom()
         self.settings = settings
-        self.registry = dict(REGISTRY if registry is None else registry)
+        if registry is None:
+            from qcd.analyzers.registry import REGISTRY  # loads torch: only when serving
+
+            registry = REGISTRY
+        self.registry = dict(registry)
         self.metrics = Metrics()
         self.db, self.spool, self.service = build_ingest(settings, self.metrics)
         self.scp = StorageSCP(settings.node.ae_title, settings.ingest, self.service, self.metrics)

@@ -167,7 +167,7 @@ def _analyze(settings: Settings, args: argparse.Namespace) -> int:
     import dataclasses
 
     from qcd.analyze import analyze_paths
-    from qcd.analyzers import REGISTRY
+    from qcd.analyzers.registry import REGISTRY
 
     rows, skipped = analyze_paths(args.paths, settings, REGISTRY)
     if args.json:

@@ -223,8 +223,9 @@ def write_pet_series(
         ds.RescaleIntercept = 0
         ds.RescaleType = "BQML"
         nz, ny, nx = volume_suv.shape
+        # index 0 is the feet end: patient z (towards the head) grows with k
         ds.ImagePositionPatient = [-(nx - 1) * spacing[2] / 2, -(ny - 1) * spacing[1] / 2,
-                                   -k * spacing[0]]  # head first: z decreases
+                                   k * spacing[0]]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing = [spacing[1], spacing[2]]
         ds.SliceThickness = spacing[0]

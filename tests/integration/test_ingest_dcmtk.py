@@ -78,7 +78,7 @@ def test_storescu_pushes_500_instances_over_4_associations(
     daemon_factory: DaemonFactory, study: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG", logger="qcd")
-    daemon = daemon_factory()
+    daemon = daemon_factory(QCD_WORKERS__THREADS="0")  # ingest and routing only
     result = push_concurrently(study, daemon.scp.port, lanes=4)
     assert result.failed == {}
     assert sorted(result.acknowledged) == sorted(study)
@@ -100,12 +100,13 @@ def test_storescu_pushes_500_instances_over_4_associations(
     assert jobs == [
         ("Cardiac LA 3D bSSFP", "atrium", JobState.UNAVAILABLE),
         ("Chest PA", "chest", JobState.UNAVAILABLE),
-        ("PET WB FDG", "earl", JobState.UNAVAILABLE),
-        ("PET WB JPEG-LS", "earl", JobState.UNAVAILABLE),
+        ("PET WB FDG", "earl", JobState.QUEUED),
+        ("PET WB JPEG-LS", "earl", JobState.QUEUED),
     ]
     body = _metrics(daemon)
     assert 'qcd_instances_received_total{calling_ae="SCANNER1",modality="CT"} 260.0' in body
-    assert 'qcd_jobs{state="UNAVAILABLE"} 4.0' in body
+    assert 'qcd_jobs{state="UNAVAILABLE"} 2.0' in body
+    assert 'qcd_jobs{state="QUEUED"} 2.0' in body
     for phi in ("QCD^DEMO", "QCD-DEMO-0001", "19700101"):  # planted patient data
         assert phi not in body and phi not in caplog.text
 

@@ -27,8 +27,7 @@ def test_shuffled_files_come_back_in_position_order_with_suv(
     suv, paths = pet
     vol = load_volume(sorted(paths))  # names are shuffled relative to positions
     assert vol.spacing == pytest.approx((3.27, 4.0, 4.0))
-    # z ascends along the normal: the writer put slice k at -k*dz, so order is reversed
-    back = vol.array[::-1] * suv_factor(vol.first)
+    back = vol.array * suv_factor(vol.first)  # index 0 = lowest z (feet), as written
     assert np.allclose(back, suv, rtol=1e-3, atol=1e-3)
 
 

@@ -109,22 +109,40 @@ def train_stage(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         LOGGER.info("  epoch %d/%d loss %.4f", epoch + 1, epochs, total / len(x))
     net.eval()
 
 
 @torch.inference_mode()
-def case_probabilities(model: EarlModel, cases: list[Case], device: torch.device
-                       ) -> list[tuple[float, float]]:
+def case_probabilities(model: EarlModel, cases: list[Case], device: torch.device,
+                       amp: bool = False) -> list[tuple[float, float]]:
+    """Mean P(EARL) and P(EARL2) per case; ``amp`` = fp16 autocast as the daemon does on CUDA."""
+    model = model.to(device).eval()
     out = []
     for c in cases:
-        p1 = torch.softmax(model.stage1(torch.from_numpy(c.s1.astype(np.float32)).to(device)),
-                           1)[:, 1].mean().item()
-        p2 = torch.softmax(model.stage2(torch.from_numpy(c.s2.astype(np.float32)).to(device)),
-                           1)[:, 1].mean().item()
-        out.append((p1, p2))
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
+            l1 = model.stage1(torch.from_numpy(c.s1.astype(np.float32)).to(device))
+            l2 = model.stage2(torch.from_numpy(c.s2.astype(np.float32)).to(device))
+        out.append((torch.softmax(l1.float(), 1)[:, 1].mean().item(),
+                    torch.softmax(l2.float(), 1)[:, 1].mean().item()))
+    model.cpu()
     return out
+
+
+def gpu_parity(model: EarlModel, cases: list[Case], thresholds: Thresholds) -> dict[str, Any]:
+    """CPU fp32 vs CUDA fp16-autocast: largest probability gap and decisions that differ."""
+    cpu = case_probabilities(model, cases, torch.device("cpu"))
+    gpu = case_probabilities(model, cases, torch.device("cuda"), amp=True)
+    gap = max(max(abs(a[0] - b[0]), abs(a[1] - b[1])) for a, b in zip(cpu, gpu, strict=True))
+
+    def verdict(p: tuple[float, float]) -> str:
+        return decide(p[0], p[1] if p[0] >= thresholds.stage1 else None, thresholds)
+
+    differ = sum(verdict(a) != verdict(b) for a, b in zip(cpu, gpu, strict=True))
+    return {"cases": len(cases), "max_probability_gap": round(gap, 6),
+            "decisions_differing": differ, "gpu": torch.cuda.get_device_name(0),
+            "tolerance_stated": 0.01}
 
 
 def evaluate(model: EarlModel, cases: list[Case], device: torch.device,
@@ -247,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             best = (score, arch, model, metrics)
     assert best is not None
     _, arch, model, metrics = best
+    if torch.cuda.is_available():
+        metrics["gpu_parity"] = gpu_parity(model, test, Thresholds())
+        LOGGER.info("GPU parity: %s", metrics["gpu_parity"])
     write_bundle(args.out, model, arch, metrics, comparison, args, len(train), len(test),
                  time.time() - started)
     LOGGER.info("wrote %s (architecture %s)", args.out, arch)

@@ -1,0 +1,12 @@
+"""The analyzers this installation runs, by routing name. Adding one touches only this file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from qcd.analyzers.base import Analyzer
+from qcd.analyzers.earl.analyzer import EarlAnalyzer
+
+REGISTRY: Mapping[str, Analyzer] = {
+    EarlAnalyzer.name: EarlAnalyzer(),
+}
