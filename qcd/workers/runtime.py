@@ -18,6 +18,13 @@ class LocalRuntime:
 
     def __init__(self, settings: InferenceSettings | None = None) -> None:
         self.pool = PredictorPool(settings or InferenceSettings())
+        if self.pool.device.type == "cuda":
+            import torch
+
+            # TF32 convolutions round inputs to a 10-bit mantissa, like fp16; models that
+            # read noise texture (EARL) then disagree with the CPU. Full float32 instead.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
 
     @property
     def device(self) -> Any:

@@ -3,7 +3,6 @@ and the shipped model's held-out metric is re-checked on fresh simulated cases."
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import time
 from pathlib import Path
@@ -82,20 +81,27 @@ def _case_verdict(task: tuple[int, str]) -> tuple[str, str]:
 
 
 def test_model_card_metric_holds_on_fresh_held_out_cases() -> None:
-    """Fresh simulated cases (seeds never used in training) meet the card's claims.
+    """Fresh simulated cases (seeds never used in training) agree with the card.
 
-    With 8 cases per class the check is coarse: stage 1 must be >= 90% and each class
-    >= 75% correct; the card reports the large held-out set.
+    20 cases per class with fixed seeds (deterministic). The allowed shortfall is three
+    standard errors of a binomial proportion at the card's value (at least 0.05), so
+    the test checks the card's claim, not a number picked to pass. A broken model
+    (chance is 33%) or drifting preprocessing fails it.
     """
-    spec = json.loads((MODELS / "earl" / load_bundle(MODELS, "earl").version / "model.json")
-                      .read_text())
+    bundle = load_bundle(MODELS, "earl")
+    card = bundle.spec["metrics"]["held_out_simulated"]
     labels = ("clinical", "EARL1", "EARL2")
-    tasks = [(HELD_OUT_SEED + 1 + 3 * i + k, label) for i in range(8)
+    n = 20
+    tasks = [(HELD_OUT_SEED + 1 + 3 * i + k, label) for i in range(n)
              for k, label in enumerate(labels)]
     with mp.get_context("spawn").Pool(2) as pool:
         results = pool.map(_case_verdict, tasks)
-    stage1 = np.mean([(v != "clinical") == (t != "clinical") for t, v in results])
-    per_class = {c: np.mean([v == t for t, v in results if t == c]) for c in labels}
-    assert stage1 >= 0.9, (stage1, results)
-    assert min(per_class.values()) >= 0.75, (per_class, results)
-    assert spec["metrics"]["held_out_simulated"]["stage1_accuracy"] >= 0.9
+
+    def floor(p: float, count: int) -> float:
+        return p - max(3 * (p * (1 - p) / count) ** 0.5, 0.05)
+
+    stage1 = float(np.mean([(v != "clinical") == (t != "clinical") for t, v in results]))
+    assert stage1 >= floor(card["stage1_accuracy"], 3 * n), (stage1, results)
+    for c in labels:
+        acc = float(np.mean([v == t for t, v in results if t == c]))
+        assert acc >= floor(card["accuracy_per_class"][c], n), (c, acc, results)

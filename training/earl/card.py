@@ -23,6 +23,20 @@ def model_card(spec: dict[str, Any]) -> str:
         + f" | {c['train_seconds']} s |"
         for arch, c in spec.get("architecture_comparison", {}).items())
     th = spec["thresholds"]
+    per_class_min = min(m["accuracy_per_class"][c] for c in ("EARL1", "EARL2"))
+    met = m["stage1_accuracy"] >= 0.99 and per_class_min >= 0.95
+    verdict = ("Targets met." if met else
+               "**Targets not met**: stage 1 confuses clinical with EARL near the band edges "
+               "(see the confusion table); use the class as a screening flag, not as an "
+               "accreditation result.")
+    parity = spec.get("gpu_parity", {})
+    measured = parity.get("measured", {})
+    parity_text = (
+        f"CPU vs {measured.get('gpu', 'GPU')} on {measured.get('cases', '?')} held-out cases: "
+        f"largest probability gap {measured.get('max_probability_gap', float('nan')):.2g}, "
+        f"{measured.get('decisions_differing', '?')} decisions differ "
+        f"(tolerance: gap <= 0.01, no decision may differ). {parity.get('note', '')}"
+        if measured else "Not measured (no GPU was available when this bundle was made).")
     return f"""# Model card: earl {spec['version']} (PET EARL compliance)
 
 **Trained on simulated data only.** No real patient PET was available. Numbers below are
@@ -63,7 +77,7 @@ by case), seed {t['seed']}, {t['epochs']} epochs, trained on {t['trained_on']} i
 Stage 1 (clinical vs EARL) accuracy: **{_pct(m['stage1_accuracy'])}**; stage 2 (EARL1 vs
 EARL2, on EARL cases) accuracy: **{_pct(m['stage2_accuracy'])}**; indeterminate:
 {_pct(m['indeterminate_rate'])} of cases. Targets: stage 1 >= 99%, stage 2 >= 95% per class
-(the paper on real data: 100%, and 100% / 85%).
+(the paper on real data: 100%, and 100% / 85%). {verdict}
 
 | true class | cases | correct | predicted (clinical / EARL1 / EARL2 / indeterminate) |
 |---|---|---|---|
@@ -74,11 +88,15 @@ EARL2, on EARL cases) accuracy: **{_pct(m['stage2_accuracy'])}**; indeterminate:
 |---|---|---|---|---|---|
 {comparison}
 
+## CPU / GPU parity
+{parity_text}
+
 ## Limits
 - Simulated data only: real scanners add reconstruction artefacts, motion, attenuation and
   scatter errors and vendor-specific noise texture that the image-domain simulation does
   not model. Validate on the site's own phantom and patient reconstructions before
-  relying on it; `training/` retrains on real data.
+  relying on it. (A reader for real site data, DICOM/NIfTI plus a label CSV with
+  grouped cross-validation, is not written yet.)
 - FDG whole-body only; other tracers and organ-specific protocols are out of scope.
 - Needs SUV (Units BQML, weight, dose, half-life, decay correction START or ADMIN);
   otherwise the analyzer reports `suv_unavailable` and no class.

@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     assert best is not None
     _, arch, model, metrics = best
     if torch.cuda.is_available():
+        torch.backends.cudnn.allow_tf32 = False  # as the daemon's runtime does
+        torch.backends.cuda.matmul.allow_tf32 = False
         metrics["gpu_parity"] = gpu_parity(model, test, Thresholds())
         LOGGER.info("GPU parity: %s", metrics["gpu_parity"])
     write_bundle(args.out, model, arch, metrics, comparison, args, len(train), len(test),
