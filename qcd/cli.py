@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["upgrade", "current"])
     status = sub.add_parser("status", help="counts of series and jobs by state")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--findings", type=int, nargs="?", const=30, default=0, metavar="N",
+                        help="also list the newest N findings (default 30)")
     send = sub.add_parser("send", help="send DICOM files to a Storage SCP")
     send.add_argument("paths", nargs="+", help="files or directories")
     send.add_argument("--to", required=True, metavar="HOST:PORT")
@@ -102,12 +104,14 @@ def _db(settings: Settings, args: argparse.Namespace) -> int:
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     from qcd.db.engine import Database
-    from qcd.db.queries import status_summary
+    from qcd.db.queries import recent_findings, status_summary
 
     db = Database(settings.database.url)
     try:
         db.check()
         summary = status_summary(db)
+        if args.findings:
+            summary["findings"] = recent_findings(db, args.findings)
     finally:
         db.dispose()
     if args.json:
@@ -120,6 +124,15 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
             assert isinstance(counts, dict)
             text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
             print(f"{key + ':':<10} {text}")
+        findings = summary.get("findings") or []
+        assert isinstance(findings, list)
+        if findings:
+            print("findings (newest last):")
+        for f in findings:
+            value = f"{f['value']:.3g}" if isinstance(f["value"], float) else f["value"]
+            print(f"  {f['modality'] or '-':<3} {(f['series_description'] or '')[:24]:<24} "
+                  f"{f['analyzer']:<7} {f['name']:<22} {value}{' ' + f['unit'] if f['unit'] else ''}"
+                  f"{'  [' + f['model'] + ']' if f['model'] else ''}")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from qcd.db.engine import Database
-from qcd.db.models import Instance, Job, Series, Study
+from qcd.db.models import Finding, Instance, Job, Series, Study
 
 
 def job_counts(db: Database) -> dict[str, int]:
@@ -26,3 +26,20 @@ def status_summary(db: Database) -> dict[str, object]:
         }
     summary["jobs"] = job_counts(db)
     return summary
+
+
+def recent_findings(db: Database, limit: int = 30) -> list[dict[str, object]]:
+    """The newest findings with their series' description and station (no patient data)."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Finding, Series.series_uid, Series.series_description, Series.modality,
+                   Series.station_name)
+            .join(Series, Series.id == Finding.series_id)
+            .order_by(Finding.id.desc()).limit(limit)
+        ).all()
+    return [{
+        "series_uid": uid, "series_description": desc, "modality": modality,
+        "station": station, "analyzer": f.analyzer, "name": f.name,
+        "value": f.value_text if f.value_text is not None else f.value_num, "unit": f.unit,
+        "model": f"{f.model_name}/{f.model_version}" if f.model_name else None,
+    } for f, uid, desc, modality, station in reversed(rows)]
