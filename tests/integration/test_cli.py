@@ -59,3 +59,18 @@ def test_send_to_live_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert main(["send", str(files[0]), "--to", "nonsense"]) == 2
     finally:
         daemon.stop()
+
+
+def test_earl_phantom_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from qcd.analyzers.earl.phantom import ReconParams, render_phantom
+    from qcd.synth import write_pet_series
+
+    params = ReconParams((2.0, 4.0, 4.0), 7.5, 0.0, 0.03)  # EARL1 by SCIENCE 1d
+    volume, _ = render_phantom(params, np.random.default_rng(1))
+    write_pet_series(volume, params.voxel_mm, tmp_path / "phantom")
+    assert main(["earl-phantom", str(tmp_path / "phantom"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["label"] == "EARL1"
+    assert [s["diameter_mm"] for s in report["spheres"]] == [37, 28, 22, 17, 13, 10]
