@@ -2,6 +2,8 @@
 
     python -m training.earl.train --n-per-class 300 --out models/earl/1.0.0 \
         [--workers 16] [--epochs 20] [--seed 20261126] [--device auto] [--compare-paper]
+    python -m training.earl.train --real-labels labels.csv [--cv 5] --out models/earl/2.0.0 \
+        [--workers 16] [--epochs 20] [--seed 20261126] [--device auto] [--compare-paper]
 
 Cases come from ``training.earl.simulate.simulate_case`` (anthropomorphic FDG volumes
 rendered with sampled resolution, overshoot, noise and voxel size; the label is the
@@ -9,6 +11,11 @@ EARL band of the NEMA phantom rendered with the same parameters). Each case is
 preprocessed by the daemon's own functions (``qcd.analyzers.earl.preprocess``). The
 split is by case (slices of one case never straddle train and test). Everything is
 seeded; the bundle records the seed, the data description and held-out metrics.
+
+With ``--real-labels`` the cases are real reconstructions listed in a label table
+(``training.earl.real``); the metrics are then from cross-validation grouped by patient
+or scanner (also written to ``<out>/cross_validation.json``), and the bundle's model is
+trained on all real cases.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import logging
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +68,7 @@ def make_case(task: tuple[int, str]) -> Case:
 
     seed, label = task
     volume, params, got, _rc = simulate_case(np.random.default_rng(seed), label)
-    s1, _, s2, _ = prepare(volume, tuple(params.voxel_mm))
+    s1, _, s2, _ = prepare(volume, params.voxel_mm)
     return Case(s1.astype(np.float16), s2.astype(np.float16), got,
                 {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()})
 
@@ -194,13 +202,13 @@ def split(cases: list[Case], seed: int, test_fraction: float) -> tuple[list[Case
     return train, test
 
 
-def write_bundle(out: Path, model: EarlModel, architecture: str, metrics: dict[str, Any],
-                 comparison: dict[str, Any], args: argparse.Namespace, n_train: int,
-                 n_test: int, seconds: float) -> None:
+def save_bundle(out: Path, model: EarlModel, architecture: str, training: dict[str, Any],
+                metrics: dict[str, Any], card: Callable[[dict[str, Any]], str],
+                **extra: Any) -> dict[str, Any]:
+    """Write weights, model.json (``extra`` keys after ``metrics``) and the card; return the spec."""
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "weights.pt"
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
-    thresholds = Thresholds()
     spec = {
         "name": "earl", "version": VERSION, "architecture": architecture,
         "weights": weights.name, "sha256": sha256_file(weights),
@@ -209,20 +217,72 @@ def write_bundle(out: Path, model: EarlModel, architecture: str, metrics: dict[s
                   "edge_fwhm_mm": EDGE_FWHM_MM, "edge_clip_suv": EDGE_CLIP,
                   "slices": N_SLICES, "stage2_pool": STAGE2_POOL, "units": "SUVbw"},
         "preprocessing": PREPROCESSING_VERSION,
-        "thresholds": vars(thresholds),
-        "training": {"seed": args.seed, "epochs": args.epochs, "n_train_cases": n_train,
-                     "n_test_cases": n_test, "data": "simulated FDG PET, see MODEL_CARD.md",
-                     "trained_on": args.device_name, "seconds": round(seconds, 1),
-                     "date": dt.date.today().isoformat(),
-                     "command": f"python -m training.earl.train --n-per-class "
-                                f"{args.n_per_class} --epochs {args.epochs} --seed {args.seed}"},
-        "metrics": {"held_out_simulated": metrics},
-        "architecture_comparison": comparison,
+        "thresholds": vars(Thresholds()),
+        "training": training,
+        "metrics": metrics,
+        **extra,
     }
     (out / "model.json").write_text(json.dumps(spec, indent=2) + "\n")
+    (out / "MODEL_CARD.md").write_text(card(spec))
+    return spec
+
+
+def write_bundle(out: Path, model: EarlModel, architecture: str, metrics: dict[str, Any],
+                 comparison: dict[str, Any], args: argparse.Namespace, n_train: int,
+                 n_test: int, seconds: float) -> None:
     from training.earl.card import model_card
 
-    (out / "MODEL_CARD.md").write_text(model_card(spec))
+    training = {"seed": args.seed, "epochs": args.epochs, "n_train_cases": n_train,
+                "n_test_cases": n_test, "data": "simulated FDG PET, see MODEL_CARD.md",
+                "trained_on": args.device_name, "seconds": round(seconds, 1),
+                "date": dt.date.today().isoformat(),
+                "command": f"python -m training.earl.train --n-per-class "
+                           f"{args.n_per_class} --epochs {args.epochs} --seed {args.seed}"}
+    save_bundle(out, model, architecture, training, {"held_out_simulated": metrics},
+                model_card, architecture_comparison=comparison)
+
+
+def train_real(args: argparse.Namespace, device: torch.device, started: float) -> int:
+    """Grouped cross-validation on the real cases of ``--real-labels``, then a final fit on all."""
+    from training.earl import real
+
+    rows = real.read_label_table(args.real_labels)
+    data = real.describe(rows, args.real_labels)
+    cases = real.load_cases(rows, args.workers)
+    groups = [r.group for r in rows]
+    LOGGER.info("loaded %d real cases in %.0f s: %s", len(cases), time.time() - started,
+                data["label_counts"])
+    results = {arch: real.cross_validate(cases, groups, args.cv, args.epochs, device,
+                                         args.seed, arch)
+               for arch in (("edgenet", "paper") if args.compare_paper else ("edgenet",))}
+    arch = max(results, key=lambda a: real.cv_score(results[a]))  # first wins ties
+    cv = dict(results[arch])
+    if len(results) > 1:
+        cv["architecture_comparison"] = {a: r["mean"] for a, r in results.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cross_validation.json").write_text(json.dumps(cv, indent=2) + "\n")
+    print(json.dumps(cv, indent=2))
+    model = fit(cases, arch, args.epochs, device, args.seed)
+    training = {"seed": args.seed, "epochs": args.epochs, "n_train_cases": len(cases),
+                "n_test_cases": 0, "data": data, "cross_validation_folds": args.cv,
+                "trained_on": args.device_name, "seconds": round(time.time() - started, 1),
+                "date": dt.date.today().isoformat(),
+                "command": f"python -m training.earl.train --real-labels "
+                           f"{args.real_labels.name} --cv {args.cv} --epochs {args.epochs} "
+                           f"--seed {args.seed}" + (" --compare-paper" if args.compare_paper
+                                                    else "")}
+    extra: dict[str, Any] = {}
+    if torch.cuda.is_available():
+        torch.backends.cudnn.allow_tf32 = False  # as the daemon's runtime does
+        torch.backends.cuda.matmul.allow_tf32 = False
+        extra["gpu_parity"] = {"measured": gpu_parity(model, cases, Thresholds()),
+                               "note": "On the training cases (no held-out set); parity is "
+                                       "numerical agreement, not accuracy."}
+    save_bundle(args.out, model, arch, training, {"cross_validated_real": cv}, real.model_card,
+                **extra)
+    LOGGER.info("wrote %s (architecture %s, trained on all %d real cases)", args.out, arch,
+                len(cases))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--compare-paper", action="store_true",
                    help="also train the seed paper's architecture and record both")
+    p.add_argument("--real-labels", type=Path, metavar="CSV",
+                   help="train on the real cases of this label table (path,label,group; see "
+                        "training/earl/real.py) instead of simulating")
+    p.add_argument("--cv", type=int, default=5, metavar="K",
+                   help="folds of the patient/scanner-grouped cross-validation (real data)")
     p.add_argument("--out", type=Path, default=Path("models/earl") / VERSION)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -245,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     started = time.time()
+    if args.real_labels is not None:
+        return train_real(args, device, started)
     cases = make_cases(args.n_per_class, args.seed, args.workers)
     LOGGER.info("simulated %d cases in %.0f s: %s", len(cases), time.time() - started,
                 {t: sum(c.label == t for c in cases) for t in LABELS})
