@@ -95,8 +95,8 @@ EARL2, on EARL cases) accuracy: **{_pct(m['stage2_accuracy'])}**; indeterminate:
 - Simulated data only: real scanners add reconstruction artefacts, motion, attenuation and
   scatter errors and vendor-specific noise texture that the image-domain simulation does
   not model. Validate on the site's own phantom and patient reconstructions before
-  relying on it. (A reader for real site data, DICOM/NIfTI plus a label CSV with
-  grouped cross-validation, is not written yet.)
+  relying on it; `python -m training.earl.train --real-labels labels.csv --cv 5`
+  retrains on the site's own labelled series with folds grouped by patient/scanner.
 - FDG whole-body only; other tracers and organ-specific protocols are out of scope.
 - Needs SUV (Units BQML, weight, dose, half-life, decay correction START or ADMIN);
   otherwise the analyzer reports `suv_unavailable` and no class.
