@@ -152,6 +152,8 @@ class Job(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    report_sop_uid: Mapped[str | None] = mapped_column(String(64))
+    """SOP Instance UID of the SR made from this job's findings (set once it is on disk)."""
 
     series: Mapped[Series] = relationship(back_populates="jobs")
 
