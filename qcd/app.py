@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
 
 from pynetdicom import _config as pynetdicom_config
@@ -74,6 +75,13 @@ class Daemon:
         self.runtime = LocalRuntime(settings.inference)
         self.executor = LocalExecutor(settings.workers, self.db, self.metrics, self.registry,
                                       self.spool.root, self.runtime)
+        from qcd.outputs.delivery import DeliveryWorker
+        from qcd.outputs.reports import ReportBuilder
+
+        self.reports = ReportBuilder(self.db, self.spool.root, Path(settings.outputs.path),
+                                     settings.delivery.destinations, self.metrics)
+        self.delivery = DeliveryWorker(self.db, settings.delivery, metrics=self.metrics,
+                                       root=settings.outputs.path)
         self.scheduler = build_scheduler()
         self.metrics.watch_spool(lambda: float(self.spool.free_bytes()))
         self.metrics.watch_queue(lambda: job_counts(self.db))
@@ -102,6 +110,12 @@ class Daemon:
                      self.settings.assembly.sweep_interval_seconds)
         add_interval(self.scheduler, "job-recovery", self.executor.recover,
                      min(30.0, self.settings.workers.lease_seconds / 4))
+        if self.settings.outputs.enabled:
+            add_interval(self.scheduler, "report-build", self.reports.sweep,
+                         self.settings.outputs.sweep_interval_seconds)
+        if self.settings.delivery.destinations:
+            add_interval(self.scheduler, "delivery-sweep", self.delivery.sweep,
+                         self.settings.delivery.sweep_interval_seconds)
         self.scheduler.start()
         self.executor.start()
         if self.http is not None:

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from qcd.errors import ConfigError
+from qcd.outputs.settings import DeliverySettings, OutputSettings
 from qcd.workers.inference import DEVICE_CHOICES, DEVICE_RE, InferenceSettings
 
 ENV_PREFIX = "QCD_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 MODALITY_RE = re.compile(r"^[A-Z]{2,16}$")
+DESTINATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 AE_TITLE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}$")
 
 
@@ -190,6 +192,8 @@ class Settings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -418,6 +422,31 @@ def _validate(s: Settings) -> None:
          s.inference.max_wait_ms)
     need(0 <= s.inference.cpu_threads <= 256, "inference.cpu_threads",
          "0 (torch default) or 1-256", s.inference.cpu_threads)
+    need(bool(s.outputs.path), "outputs.path", "a directory path", s.outputs.path)
+    need(s.outputs.sweep_interval_seconds > 0, "outputs.sweep_interval_seconds", "seconds > 0",
+         s.outputs.sweep_interval_seconds)
+    d = s.delivery
+    names = [dest.name for dest in d.destinations]
+    for i, dest in enumerate(d.destinations):
+        key = f"delivery.destinations[{i}]"
+        need(bool(DESTINATION_RE.match(dest.name)), f"{key}.name",
+             "1-128 letters, digits, '_', '.' or '-'", dest.name)
+        need(names.count(dest.name) == 1, f"{key}.name", "a name no other destination uses",
+             dest.name)
+        need(bool(dest.host.strip()), f"{key}.host", "a host name or IP address", dest.host)
+        need(0 < dest.port < 65536, f"{key}.port", "1-65535", dest.port)
+        for name in ("ae_title", "calling_ae"):
+            aet = getattr(dest, name)
+            need(bool(AE_TITLE_RE.match(aet)), f"{key}.{name}",
+                 "1-16 printable ASCII characters, no backslash", aet)
+        need(dest.timeout > 0, f"{key}.timeout", "a number of seconds > 0", dest.timeout)
+    need(1 <= d.max_attempts <= 100, "delivery.max_attempts", "1-100", d.max_attempts)
+    for name in ("backoff_seconds", "sweep_interval_seconds"):
+        value = getattr(d, name)
+        need(value > 0, f"delivery.{name}", "a number of seconds > 0", value)
+    need(d.max_backoff_seconds >= d.backoff_seconds, "delivery.max_backoff_seconds",
+         "seconds >= delivery.backoff_seconds", d.max_backoff_seconds)
+    need(1 <= d.batch <= 1000, "delivery.batch", "1-1000", d.batch)
     need(s.logging.level.upper() in LOG_LEVELS, "logging.level", ", ".join(LOG_LEVELS),
          s.logging.level)
     need(s.logging.format in LOG_FORMATS, "logging.format", ", ".join(LOG_FORMATS),

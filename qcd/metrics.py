@@ -50,6 +50,11 @@ class Metrics:
         self.job_seconds = Histogram(
             "qcd_job_seconds", "Wall time of one analysis job", ["analyzer"],
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=r)
+        self.deliveries = Counter(
+            "qcd_deliveries", "Outbox rows by destination and outcome (sent, retried, dead)",
+            ["destination", "outcome"], registry=r)
+        self.reports_built = Counter(
+            "qcd_reports_built", "DICOM SR reports built from findings", registry=r)
         self.spool_free_bytes = Gauge(
             "qcd_spool_free_bytes", "Free bytes on the spool filesystem", registry=r)
 

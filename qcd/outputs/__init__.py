@@ -1,0 +1,1 @@
+"""Results leaving qcd: DICOM objects and their durable delivery to PACS."""

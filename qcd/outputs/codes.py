@@ -1,0 +1,241 @@
+"""The coded concepts qcd writes into its SR and SEG objects, and their documentation table.
+
+Standard codes (SNOMED CT ``SCT``, DICOM ``DCM``, UCUM) are used wherever one exists;
+the private scheme ``99QCD`` only where none does (the EARL classes, the CNN
+probabilities, qcd's own flags). ``docs/SR_CODES.md`` is rendered from
+:data:`CODE_TABLE` by :func:`code_table_markdown`; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+QCD_SCHEME = "99QCD"
+"""Private coding scheme designator (PS3.16 8.2: ``99`` prefix = local scheme)."""
+QCD_SCHEME_NAME = "qcd quality-control daemon private codes"
+
+
+def qcd_code(value: str, meaning: str) -> Code:
+    """A ``99QCD`` code; the value must fit SH (16 chars) and the meaning LO (64)."""
+    if not value or len(value) > 16 or "\\" in value:
+        raise ValueError(f"99QCD code value {value!r} must be 1-16 characters without '\\'")
+    if not meaning or len(meaning) > 64:
+        raise ValueError(f"99QCD code meaning {meaning!r} must be 1-64 characters")
+    return Code(value, QCD_SCHEME, meaning)
+
+
+def _ucum(value: str, meaning: str) -> Code:
+    return Code(value, "UCUM", meaning)
+
+
+# --- procedure, analyses (measurement-group finding types) --------------------------
+IMAGE_QUALITY_ANALYSIS = codes.SCT.ImageQualityAnalysis           # 133887000
+EARL_ASSESSMENT = qcd_code("EARLASSESS", "EARL compliance assessment")
+RECON_HEADER_EVIDENCE = qcd_code("RECONHDR", "Reconstruction header evidence")
+
+# --- EARL concept names and values ---------------------------------------------------
+EARL_CLASS = qcd_code("EARLCLASS", "EARL compliance class")
+EARL1 = qcd_code("EARL1", "EARL1 compliant")
+EARL2 = qcd_code("EARL2", "EARL2 compliant")
+CLINICAL = qcd_code("CLINICAL", "Clinical reconstruction, not EARL harmonised")
+INDETERMINATE = codes.SCT.Indeterminate                           # 82334004
+P_EARL = qcd_code("PEARL", "Probability of EARL compliance")
+P_EARL2 = qcd_code("PEARL2", "Probability of EARL2")
+HEADER_CNN_DISAGREEMENT = qcd_code("HDRCNNDISAGREE", "Header/CNN disagreement")
+SUV_UNAVAILABLE = qcd_code("SUVUNAVAIL", "SUV unavailable")
+NOT_APPLICABLE = qcd_code("NOTAPPLICABLE", "Analysis not applicable")
+
+# --- header evidence ------------------------------------------------------------------
+HEADER_EXPECTATION = qcd_code("HDREXPECT", "Header-based EARL expectation")
+EARL1_LIKE = qcd_code("EARL1LIKE", "EARL1-like reconstruction header")
+CLINICAL_LIKE = qcd_code("CLINICALLIKE", "Clinical-like reconstruction header")
+RECON_METHOD = qcd_code("RECONMETHOD", "Reconstruction method (header text)")
+CONVOLUTION_KERNEL = qcd_code("CONVKERNEL", "Convolution kernel (header text)")
+RECON_ITERATIONS = qcd_code("RECONITER", "Reconstruction iterations")
+RECON_SUBSETS = qcd_code("RECONSUBSETS", "Reconstruction subsets")
+FILTER_FWHM = qcd_code("FILTERFWHM", "Post-reconstruction filter FWHM")
+PSF_MODELLING = qcd_code("PSF", "Point spread function modelling")
+TOF_RECONSTRUCTION = qcd_code("TOF", "Time-of-flight reconstruction")
+SLICE_THICKNESS = codes.DCM.SliceThickness                        # 112225
+PIXEL_SPACING = codes.DCM.VerticalPixelSpacing                    # 111066 (row spacing)
+
+# --- generic values -------------------------------------------------------------------
+YES = codes.SCT.Yes                                               # 373066001
+UNKNOWN = codes.SCT.Unknown                                       # 261665006
+
+# --- algorithm identification and SEG ------------------------------------------------
+ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence        # 123110
+PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment              # 109102
+ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure              # 91723000
+
+# --- units (UCUM) -----------------------------------------------------------------------
+NO_UNITS = codes.UCUM.NoUnits                                     # "1"
+MILLIMETER = codes.UCUM.Millimeter
+MILLILITER = _ucum("ml", "milliliter")
+ITERATIONS_UNIT = _ucum("{iterations}", "iterations")
+SUBSETS_UNIT = _ucum("{subsets}", "subsets")
+
+
+@dataclass(frozen=True)
+class CodeRow:
+    """One documented code: the code itself and what qcd means by it."""
+
+    code: Code
+    definition: str
+
+    @property
+    def value(self) -> str:
+        return str(self.code.value)
+
+    @property
+    def scheme(self) -> str:
+        return str(self.code.scheme_designator)
+
+    @property
+    def meaning(self) -> str:
+        return str(self.code.meaning)
+
+
+CODE_TABLE: tuple[CodeRow, ...] = (
+    CodeRow(IMAGE_QUALITY_ANALYSIS, "Procedure reported (TID 1500) of every qcd report."),
+    CodeRow(EARL_ASSESSMENT, "Finding type of the measurement group holding the `earl` "
+            "analyzer's CNN results."),
+    CodeRow(EARL_CLASS, "Concept name: the reconstruction class decided by the two-stage EARL "
+            "CNN. Values: EARL1, EARL2, CLINICAL, or SCT 82334004 Indeterminate."),
+    CodeRow(EARL1, "Value of EARL compliance class: meets the EARL1 (EANM Research Ltd "
+            "standard 1) harmonisation specification."),
+    CodeRow(EARL2, "Value of EARL compliance class: meets the EARL2 specification."),
+    CodeRow(CLINICAL, "Value of EARL compliance class: a clinical (non-harmonised) "
+            "reconstruction, e.g. PSF with little or no post-filter."),
+    CodeRow(INDETERMINATE, "Value of EARL compliance class: EARL-compliant but neither EARL1 "
+            "nor EARL2 passed its threshold, or no SUV could be computed."),
+    CodeRow(P_EARL, "Measurement (UCUM 1): slice-averaged stage-1 CNN probability that the "
+            "reconstruction is EARL-compliant (EARL1 or EARL2)."),
+    CodeRow(P_EARL2, "Measurement (UCUM 1): slice-averaged stage-2 CNN probability of EARL2 "
+            "given EARL compliance; absent when stage 1 said clinical."),
+    CodeRow(HEADER_CNN_DISAGREEMENT, "Qualitative evaluation: the header-based expectation and "
+            "the CNN class contradict each other (text answer says which way)."),
+    CodeRow(SUV_UNAVAILABLE, "Qualitative evaluation: SUV could not be computed from the header "
+            "(text answer gives the reason); the class is then Indeterminate."),
+    CodeRow(NOT_APPLICABLE, "Qualitative evaluation: the analyzer declined the series (text "
+            "answer gives the reason)."),
+    CodeRow(RECON_HEADER_EVIDENCE, "Finding type of the measurement group with what the PET "
+            "header says about the reconstruction (read by rules, not by the CNN)."),
+    CodeRow(HEADER_EXPECTATION, "Qualitative evaluation: coarse expectation from the header "
+            "alone. Values: EARL1LIKE, CLINICALLIKE, or SCT 261665006 Unknown."),
+    CodeRow(EARL1_LIKE, "Value of header-based expectation: post-filter >= 6 mm and no PSF."),
+    CodeRow(CLINICAL_LIKE, "Value of header-based expectation: PSF with a post-filter <= 2 mm."),
+    CodeRow(RECON_METHOD, "Text answer: the Reconstruction Method (0054,1103) as sent."),
+    CodeRow(CONVOLUTION_KERNEL, "Text answer: the Convolution Kernel (0018,1210) as sent."),
+    CodeRow(RECON_ITERATIONS, "Measurement (UCUM {iterations}): iterations parsed from the "
+            "header."),
+    CodeRow(RECON_SUBSETS, "Measurement (UCUM {subsets}): subsets parsed from the header."),
+    CodeRow(FILTER_FWHM, "Measurement (UCUM mm): Gaussian post-filter FWHM parsed from the "
+            "convolution kernel (0 for all-pass / none)."),
+    CodeRow(PSF_MODELLING, "Qualitative evaluation: the header names PSF/resolution "
+            "modelling. Value SCT Yes, or SCT Unknown when the header does not say."),
+    CodeRow(TOF_RECONSTRUCTION, "Qualitative evaluation: the header names time-of-flight. "
+            "Value SCT Yes, or SCT Unknown when the header does not say."),
+    CodeRow(SLICE_THICKNESS, "Measurement (mm): Slice Thickness (0018,0050) of the series."),
+    CodeRow(PIXEL_SPACING, "Measurement (mm): row spacing, Pixel Spacing (0028,0030) first "
+            "value."),
+    CodeRow(YES, "Value of yes/no evaluations (PSF, TOF, and flags without a reason text)."),
+    CodeRow(UNKNOWN, "Value when the header does not say (expectation, PSF, TOF)."),
+    CodeRow(ARTIFICIAL_INTELLIGENCE, "Algorithm family (TID 4019 / SEG Segment Algorithm) of "
+            "qcd's CNN models."),
+    CodeRow(PROCESSING_EQUIPMENT, "Purpose of reference of the Contributing Equipment item "
+            "that names the model (IHE AIR)."),
+    CodeRow(ANATOMICAL_STRUCTURE, "Default Segmented Property Category of qcd SEG segments."),
+    CodeRow(NO_UNITS, "Unit of probabilities and other dimensionless measurements."),
+    CodeRow(MILLIMETER, "Unit of lengths (filter FWHM, slice thickness, pixel spacing)."),
+    CodeRow(MILLILITER, "Unit of volumes."),
+    CodeRow(ITERATIONS_UNIT, "UCUM annotation unit for iteration counts."),
+    CodeRow(SUBSETS_UNIT, "UCUM annotation unit for subset counts."),
+)
+
+# --- lookups used by the SR builder ------------------------------------------------------
+CONCEPTS: Mapping[str, Code] = {
+    "earl_class": EARL_CLASS,
+    "p_earl": P_EARL,
+    "p_earl2": P_EARL2,
+    "header_cnn_disagreement": HEADER_CNN_DISAGREEMENT,
+    "suv_unavailable": SUV_UNAVAILABLE,
+    "not_applicable": NOT_APPLICABLE,
+    "header_evidence": HEADER_EXPECTATION,
+}
+"""Finding name -> concept name; other names get :func:`code_from_name`."""
+
+ANALYSES: Mapping[str, Code] = {"earl": EARL_ASSESSMENT}
+"""Analyzer name -> finding type of its measurement group."""
+
+VALUES: Mapping[str, Code] = {
+    "earl1": EARL1,
+    "earl2": EARL2,
+    "clinical": CLINICAL,
+    "indeterminate": INDETERMINATE,
+    "earl1-like": EARL1_LIKE,
+    "clinical-like": CLINICAL_LIKE,
+    "unknown": UNKNOWN,
+    "yes": YES,
+}
+"""Finding ``value_text`` (case-insensitive) -> coded value; other texts are text answers."""
+
+UNITS: Mapping[str, Code] = {
+    "1": NO_UNITS,
+    "mm": MILLIMETER,
+    "ml": MILLILITER,
+    "{iterations}": ITERATIONS_UNIT,
+    "{subsets}": SUBSETS_UNIT,
+}
+
+
+def code_from_name(name: str) -> Code:
+    """A stable ``99QCD`` concept for a finding name that has no entry in :data:`CONCEPTS`.
+
+    The value is the upper-cased name when it fits 16 characters, otherwise its first 9
+    characters plus ``_`` and 6 hex digits of its sha1 (so distinct names stay distinct);
+    the meaning is the name with underscores as spaces.
+    """
+    token = re.sub(r"[^A-Z0-9_]", "_", name.upper()).strip("_")
+    if not token:
+        raise ValueError(f"finding name {name!r} has no letters or digits")
+    if len(token) > 16:
+        token = f"{token[:9]}_{hashlib.sha1(name.encode()).hexdigest()[:6].upper()}"
+    meaning = name.replace("_", " ").strip()
+    meaning = (meaning[:1].upper() + meaning[1:])[:64]
+    return qcd_code(token, meaning)
+
+
+def concept_for(name: str) -> Code:
+    """The concept name for a finding: from :data:`CONCEPTS` or :func:`code_from_name`."""
+    return CONCEPTS.get(name) or code_from_name(name)
+
+
+def analysis_for(analyzer: str) -> Code:
+    """Finding type of an analyzer's measurement group: known, or ``<analyzer> analysis``."""
+    return ANALYSES.get(analyzer) or code_from_name(f"{analyzer} analysis")
+
+
+def unit_code(unit: str | None) -> Code:
+    """The UCUM code for a finding's unit; ``None`` means dimensionless (``1``)."""
+    if unit is None or unit == "":
+        return NO_UNITS
+    if len(unit) > 16:
+        raise ValueError(f"UCUM unit {unit!r} is longer than 16 characters")
+    return UNITS.get(unit) or _ucum(unit, unit)
+
+
+def code_table_markdown() -> str:
+    """:data:`CODE_TABLE` as a Markdown table (the body of ``docs/SR_CODES.md``)."""
+    lines = ["| Code value | Scheme | Code meaning | Definition (use in qcd) |",
+             "|---|---|---|---|"]
+    for row in CODE_TABLE:
+        cells = (row.value, row.scheme, row.meaning, row.definition)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,115 @@
+"""From findings to a stored SR and its deliveries (a scheduler job, one direction only).
+
+For every DONE job without a report: read its findings and the source headers, build
+the SR, write it durably under the outputs folder, enqueue one delivery per
+destination, then mark the job reported. The SR's UIDs are derived from (series,
+analyzer, generation), so a rebuild after a crash makes the same instance again and
+the PACS never receives two SRs for one analysis.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from qcd.db.engine import Database
+from qcd.db.models import Finding, Instance, Job, JobState, Series
+from qcd.metrics import Metrics
+from qcd.outputs.delivery import Destination, enqueue
+from qcd.outputs.sr import FindingData, ModelInfo, build_sr
+from qcd.outputs.write import write_part10
+
+LOGGER = logging.getLogger(__name__)
+
+
+def report_uids(series_uid: str, analyzer: str, generation: int) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of the SR, stable across rebuilds."""
+    key = [series_uid, analyzer, str(generation)]
+    return (str(generate_uid(entropy_srcs=[*key, "qcd-sr-series"])),
+            str(generate_uid(entropy_srcs=[*key, "qcd-sr"])))
+
+
+class ReportBuilder:
+    """Builds SRs for finished jobs and queues them for delivery.
+
+    Parameters
+    ----------
+    db
+        The database.
+    spool_root
+        Where the source instances are (paths in ``instances`` are relative to it).
+    outputs_root
+        Where SR files are written: ``<root>/<study>/<sr series>/<sop>.dcm``.
+    destinations
+        PACS to deliver to (none: SRs are only stored).
+    metrics
+        Counts reports built.
+    """
+
+    def __init__(self, db: Database, spool_root: Path, outputs_root: Path,
+                 destinations: Sequence[Destination], metrics: Metrics | None = None) -> None:
+        self.db = db
+        self.metrics = metrics
+        self.spool_root = spool_root
+        self.outputs_root = outputs_root
+        self.destinations = tuple(destinations)
+
+    def sweep(self, limit: int = 20) -> int:
+        """Report every finished job that has none yet; returns how many were made."""
+        with self.db.session() as session:
+            ids = list(session.scalars(
+                select(Job.id).where(Job.state == JobState.DONE, Job.report_sop_uid.is_(None))
+                .order_by(Job.id).limit(limit)))
+        made = 0
+        for job_id in ids:
+            try:
+                made += self.build(job_id)
+            except Exception:  # one bad report must not block the others; retried next sweep
+                LOGGER.exception("cannot build the report of job %d", job_id)
+        return made
+
+    def build(self, job_id: int) -> int:
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.report_sop_uid is not None:
+                return 0
+            series = session.get(Series, job.series_id)
+            assert series is not None
+            study_uid = series.study.study_uid
+            rows = session.scalars(select(Finding).where(Finding.job_id == job_id)
+                                   .order_by(Finding.id)).all()
+            findings = [FindingData(r.name, r.value_num, r.value_text, r.unit,
+                                    dict(r.payload or {})) for r in rows]
+            model = next((ModelInfo(r.model_name, r.model_version or "", r.model_sha256 or "")
+                          for r in rows if r.model_name), None)
+            newest: dict[str, tuple[int, str]] = {}
+            for sop, version, relpath in session.execute(
+                    select(Instance.sop_uid, Instance.version, Instance.path)
+                    .where(Instance.series_id == series.id)):
+                if sop not in newest or version > newest[sop][0]:
+                    newest[sop] = (version, relpath)
+            analyzer, generation, series_uid = job.analyzer, job.generation, series.series_uid
+            series_id = job.series_id
+        sources = [pydicom.dcmread(self.spool_root / relpath, stop_before_pixels=True)
+                   for _, relpath in sorted(newest.values(), key=lambda v: v[1])]
+        sr_series, sr_sop = report_uids(series_uid, analyzer, generation)
+        dataset = build_sr(sources, findings, analyzer=analyzer, model=model,
+                           series_instance_uid=sr_series, sop_instance_uid=sr_sop)
+        path = self.outputs_root / study_uid / sr_series / f"{sr_sop}.dcm"
+        write_part10(dataset, path)
+        relpath = path.relative_to(self.outputs_root).as_posix()  # the worker resolves it
+        enqueue(self.db, series_id, "SR", sr_sop, relpath, self.destinations)
+        with self.db.session() as session:
+            fresh = session.get(Job, job_id)
+            assert fresh is not None
+            fresh.report_sop_uid = sr_sop
+        if self.metrics is not None:
+            self.metrics.reports_built.inc()
+        LOGGER.info("SR %s for job %d (%s) stored; %d delivery(ies) queued", sr_sop, job_id,
+                    analyzer, len(self.destinations))
+        return 1

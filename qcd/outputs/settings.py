@@ -1,0 +1,45 @@
+"""Settings of the outputs side (stdlib only, so that loading the config stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+@dataclass(frozen=True)
+class Destination:
+    """A PACS (C-STORE SCP) that result objects are delivered to."""
+
+    name: str
+    """Stable key stored on each delivery row; renaming it orphans pending rows."""
+    host: str
+    port: int
+    ae_title: str
+    """The PACS's (called) AE title."""
+    calling_ae: str = "QCD"
+    timeout: float = 30.0
+    """Seconds for connect, association negotiation, each response and idle network."""
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """Where results go and how hard we try."""
+
+    destinations: tuple[Destination, ...] = ()
+    max_attempts: int = 8
+    """A row that failed this many times is dead-lettered (DEAD plus an alert)."""
+    backoff_seconds: float = 30.0
+    """After failed attempt n the row waits ``backoff * 2**(n-1)`` seconds ..."""
+    max_backoff_seconds: float = 3600.0
+    """... but never longer than this."""
+    sweep_interval_seconds: float = 5.0
+    batch: int = 50
+    """Rows claimed per round; one association per destination and round."""
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where result objects (SR, later SEG) are written before delivery."""
+
+    enabled: bool = True
+    """Build an SR for every finished analysis."""
+    path: str = "var/outputs"
+    sweep_interval_seconds: float = 2.0
