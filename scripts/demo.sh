@@ -5,12 +5,23 @@
 set -euo pipefail
 VENV=${VENV:-.venv}
 QCD="$VENV/bin/qcd"
-PORT=$("$QCD" check-config --json | "$VENV/bin/python" -c 'import json,sys; c=json.load(sys.stdin); print(c["ingest"]["port"], c["http"]["port"])')
+PORT=$(QCD_CONFIG=deploy/demo.toml "$QCD" check-config --json | "$VENV/bin/python" -c 'import json,sys; c=json.load(sys.stdin); print(c["ingest"]["port"], c["http"]["port"])')
 read -r DICOM_PORT HTTP_PORT <<<"$PORT"
 mkdir -p var demo
-"$QCD" serve >var/demo-serve.log 2>&1 &
+# Orthanc plays the PACS that receives qcd's reports (DICOM 14242, HTTP 18042).
+rm -rf var/orthanc && mkdir -p var/orthanc/db
+cat >var/orthanc/orthanc.json <<JSON
+{"Name": "qcd-demo-pacs", "StorageDirectory": "$PWD/var/orthanc/db",
+ "IndexDirectory": "$PWD/var/orthanc/db", "DicomAet": "ORTHANC", "DicomPort": 14242,
+ "HttpPort": 18042, "RemoteAccessAllowed": false, "AuthenticationEnabled": false,
+ "DicomCheckCalledAet": false, "Plugins": []}
+JSON
+TCP_NODELAY=1 Orthanc var/orthanc/orthanc.json >var/orthanc/stdout.log 2>&1 &
+OPID=$!
+for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18042/system >/dev/null && break; sleep 0.2; done
+QCD_CONFIG=deploy/demo.toml "$QCD" serve >var/demo-serve.log 2>&1 &
 PID=$!
-trap 'kill -TERM $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
+trap 'kill -TERM $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; kill -TERM $OPID 2>/dev/null || true; wait $OPID 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
   echoscu -aec QCD 127.0.0.1 "$DICOM_PORT" 2>/dev/null && break
   kill -0 $PID 2>/dev/null || { cat var/demo-serve.log; exit 1; }
@@ -43,13 +54,18 @@ for _ in $(seq 1 120); do
   "$QCD" status --json | "$VENV/bin/python" -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if set(s["series"])=={"COMPLETE"} and not {"QUEUED","RUNNING"} & set(s["jobs"]) else 1)' && break
   sleep 1
 done
+sleep 3  # let the last reports be built and delivered
 "$QCD" status --findings 40
 echo "(jobs UNAVAILABLE: the motion, chest and atrium analyzers are not implemented yet; the synthetic"
 echo " demo-study PET has no SUV header, hence suv_unavailable; the simulated PET series are classified.)"
 echo "== metrics (excerpt)"
-curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | grep -E '^qcd_(instances_received_total|series_completed_total|jobs)\{' || true
+curl -s "http://127.0.0.1:$HTTP_PORT/metrics" | grep -E '^qcd_(instances_received_total|series_completed_total|jobs|deliveries_total)\{|^qcd_reports_built_total' || true
 echo "== readiness: $(curl -s "http://127.0.0.1:$HTTP_PORT/readyz")"
+echo "== the PACS (Orthanc, http://127.0.0.1:18042) now holds these qcd reports:"
+curl -s -X POST http://127.0.0.1:18042/tools/find \
+  -d '{"Level":"Series","Query":{"Modality":"SR"},"Expand":true}' \
+  | "$VENV/bin/python" -c 'import json,sys; [print("  SR series:", s["MainDicomTags"].get("SeriesDescription"), "-", len(s["Instances"]), "instance(s)") for s in json.load(sys.stdin)]' 
 echo "== spool: $(find var/spool -name '*.dcm' | wc -l) instance file(s) under var/spool; database var/qcd.db"
 if [ "${DEMO_KEEP:-0}" = "1" ]; then
-  echo "== daemon keeps running; Ctrl-C stops it"; trap - EXIT; wait $PID
+  echo "== daemon and Orthanc keep running; Ctrl-C stops qcd"; trap - EXIT; wait $PID
 fi
