@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qcd.errors import SpoolError
-from qcd.hashing import sha256_file
+from qcd.hashing import fsync_dir, sha256_file
 from qcd.ingest import status
 from qcd.uids import is_valid_uid
 
@@ -172,10 +172,10 @@ class Spool:
         The study directory and the spool root change only when a series or study
         directory is created, so fsyncing them for every instance is wasted work.
         """
-        _fsync_dir(series_dir)
+        fsync_dir(series_dir)
         if series_dir not in self._durable_dirs:
-            _fsync_dir(series_dir.parent)
-            _fsync_dir(self.root)
+            fsync_dir(series_dir.parent)
+            fsync_dir(self.root)
             self._durable_dirs.add(series_dir)
 
     def _rel(self, path: Path) -> str:
@@ -200,12 +200,4 @@ class Spool:
             LOGGER.error("spool write failed: %s", exc.strerror)
             raise SpoolError(status.OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}") from exc
         return tmp_path
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -30,6 +29,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 import qcd
+from qcd.analyzers.base import Finding
 from qcd.outputs import codes as qc
 
 SERIES_DESCRIPTION = "QCD QC report - machine generated, not for primary diagnosis"
@@ -57,17 +57,8 @@ _HEADER_FLAGS: tuple[tuple[str, Code], ...] = (
 )
 _HEADER_FINDINGS = frozenset({"header_evidence"})
 
-
-@dataclass(frozen=True)
-class FindingData:
-    """One stored finding, as the SR builder needs it (the caller converts DB rows)."""
-
-    name: str
-    value_num: float | None = None
-    value_text: str | None = None
-    unit: str | None = None
-    """UCUM code of ``value_num``; None means dimensionless."""
-    payload: Mapping[str, Any] = field(default_factory=dict)
+FindingData = Finding
+"""A stored finding as the SR builder reads it: the analyzers' own value type."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from qcd.errors import ExportError
+from qcd.hashing import fsync_dir
 
 LOGGER = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def write_part10(ds: Dataset, path: str | os.PathLike[str]) -> Path:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o640)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         LOGGER.error("output write failed for %s: %s", target.name, exc.strerror or exc)
@@ -69,10 +70,3 @@ def write_part10(ds: Dataset, path: str | os.PathLike[str]) -> Path:
         raise
     return target
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

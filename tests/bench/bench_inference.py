@@ -16,21 +16,23 @@ writes the section "## Batched inference (<device type>)" of that file.
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import sys
+
 import torch
 
-from qcd.analyzers.earl.analyzer import load_model
-from qcd.bundles import load_bundle
-from qcd.workers.inference import BatchingPredictor
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from qcd.analyzers.earl.analyzer import load_model  # noqa: E402
+from qcd.bundles import load_bundle  # noqa: E402
+from qcd.workers.inference import BatchingPredictor  # noqa: E402
+from tests.bench.report import cpu_model, write_section  # noqa: E402
 
 
 def _run(jobs: int, requests: int, call: Callable[[torch.Tensor], torch.Tensor],
@@ -92,20 +94,12 @@ def main() -> int:
     print("\n".join(rows))
     print(summary)
     if args.out:
-        cpu = next((line.split(":", 1)[1].strip() for line in
-                    Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor())
-        heading = f"## Batched inference ({device.type})"
-        section = (f"{heading}\n\nCommand: `python tests/bench/bench_inference.py "
-                   f"--device {args.device} --out {args.out}`\n\n- Date: "
-                   f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- Machine: "
-                   f"{device} on {cpu}, {torch.get_num_threads()} torch threads, torch "
-                   f"{torch.__version__}\n\n" + "\n".join(rows) + f"\n\n{summary}\n")
-        text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
-        pattern = re.compile(re.escape(heading) + r"\n.*?(?=\n## |\Z)", re.S)
-        text = pattern.sub(section.rstrip("\n"), text) if pattern.search(text) else (
-            text.rstrip("\n") + "\n\n" + section)
-        args.out.write_text(text)
+        write_section(args.out, f"## Batched inference ({device.type})",
+                      f"Command: `python tests/bench/bench_inference.py --device {args.device} "
+                      f"--out {args.out}`\n\n- Date: "
+                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- Machine: "
+                      f"{device} on {cpu_model()}, {torch.get_num_threads()} torch threads, "
+                      f"torch {torch.__version__}\n\n" + "\n".join(rows) + f"\n\n{summary}")
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from qcd.synth import write_pet_series  # noqa: E402
+from tests.bench.report import machine, write_section  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.integration.orthanc import OrthancServer  # noqa: E402
 from training.earl.simulate import simulate_case  # noqa: E402
@@ -124,19 +124,11 @@ def main() -> int:
     print("\n".join(rows))
     print(summary)
     if args.out:
-        heading = f"## Result latency ({args.device})"
-        cpu = next((line.split(":", 1)[1].strip() for line in
-                    Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "unknown CPU")
-        section = (f"{heading}\n\nCommand: `python tests/bench/bench_latency.py --device "
-                   f"{args.device} --out {args.out}`\n\n- Date: "
-                   f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- Machine: "
-                   f"{os.cpu_count()} cores, {cpu}\n\n" + "\n".join(rows) + f"\n\n{summary}\n")
-        text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
-        pattern = re.compile(re.escape(heading) + r"\n.*?(?=\n## |\Z)", re.S)
-        text = pattern.sub(section.rstrip("\n"), text) if pattern.search(text) else (
-            text.rstrip("\n") + "\n\n" + section)
-        args.out.write_text(text)
+        write_section(args.out, f"## Result latency ({args.device})",
+                      f"Command: `python tests/bench/bench_latency.py --device {args.device} "
+                      f"--out {args.out}`\n\n- Date: "
+                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- Machine: "
+                      f"{machine()}\n\n" + "\n".join(rows) + f"\n\n{summary}")
     return 0
 
 
