@@ -73,8 +73,13 @@ class Daemon:
         self.scp = StorageSCP(settings.node.ae_title, settings.ingest, self.service, self.metrics)
         self.sweeper = CompletionSweeper(settings, self.db, self.metrics, self.registry.keys())
         self.runtime = LocalRuntime(settings.inference)
-        self.executor = LocalExecutor(settings.workers, self.db, self.metrics, self.registry,
-                                      self.spool.root, self.runtime)
+        from qcd.outputs.alerts import AlertDispatcher, raise_from_findings
+
+        self.executor = LocalExecutor(
+            settings.workers, self.db, self.metrics, self.registry, self.spool.root,
+            self.runtime,
+            on_done=lambda job_id: raise_from_findings(self.db, job_id, settings.alerts.rules))
+        self.alerts = AlertDispatcher(self.db, settings.alerts)
         from qcd.outputs.delivery import DeliveryWorker
         from qcd.outputs.reports import ReportBuilder
 
@@ -113,6 +118,9 @@ class Daemon:
         if self.settings.outputs.enabled:
             add_interval(self.scheduler, "report-build", self.reports.sweep,
                          self.settings.outputs.sweep_interval_seconds)
+        if self.settings.alerts.webhooks or self.settings.alerts.emails:
+            add_interval(self.scheduler, "alert-dispatch", self.alerts.sweep,
+                         self.settings.alerts.sweep_interval_seconds)
         if self.settings.delivery.destinations:
             add_interval(self.scheduler, "delivery-sweep", self.delivery.sweep,
                          self.settings.delivery.sweep_interval_seconds)

@@ -232,6 +232,8 @@ def _to_toml(data: dict[str, object], prefix: str = "") -> str:
     tables: list[tuple[str, dict[str, object]]] = []
     arrays: list[tuple[str, list[dict[str, object]]]] = []
     for key, value in data.items():
+        if value is None:  # TOML has no null: leaving the key out restores the default None
+            continue
         name = f"{prefix}.{key}" if prefix else key
         if isinstance(value, dict) and (
             not prefix or (value and all(isinstance(v, dict) for v in value.values()))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qcd.errors import ConfigError
+from qcd.outputs.alert_settings import SEVERITIES, AlertSettings
 from qcd.outputs.settings import DeliverySettings, OutputSettings
 from qcd.workers.inference import DEVICE_CHOICES, DEVICE_RE, InferenceSettings
 
@@ -194,6 +195,7 @@ class Settings:
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
@@ -298,6 +300,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):  # only ``X | None``; TOML has no null
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _coerce(args[0], value, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -447,7 +453,60 @@ def _validate(s: Settings) -> None:
     need(d.max_backoff_seconds >= d.backoff_seconds, "delivery.max_backoff_seconds",
          "seconds >= delivery.backoff_seconds", d.max_backoff_seconds)
     need(1 <= d.batch <= 1000, "delivery.batch", "1-1000", d.batch)
+    _validate_alerts(s, need)
     need(s.logging.level.upper() in LOG_LEVELS, "logging.level", ", ".join(LOG_LEVELS),
          s.logging.level)
     need(s.logging.format in LOG_FORMATS, "logging.format", ", ".join(LOG_FORMATS),
          s.logging.format)
+
+
+def _validate_alerts(s: Settings, need: typing.Callable[[bool, str, str, Any], None]) -> None:
+    a = s.alerts
+    channels = [("webhooks", c.name) for c in a.webhooks] + [("emails", c.name) for c in a.emails]
+    names = [name for _, name in channels]
+    for i, (kind, name) in enumerate(channels):
+        idx = i if kind == "webhooks" else i - len(a.webhooks)
+        key = f"alerts.{kind}[{idx}].name"
+        need(bool(DESTINATION_RE.match(name)) and len(name) <= 64, key,
+             "1-64 letters, digits, '_', '.' or '-'", name)
+        need(names.count(name) == 1, key, "a name no other webhook or e-mail channel uses", name)
+    for i, hook in enumerate(a.webhooks):
+        key = f"alerts.webhooks[{i}]"
+        need(hook.url.split(":", 1)[0].lower() in ("http", "https") and "://" in hook.url,
+             f"{key}.url", "an http:// or https:// URL", hook.url)
+        need(hook.secret_env == "" or bool(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$",
+             hook.secret_env)), f"{key}.secret_env", "an environment variable name or empty",
+             hook.secret_env)
+        need(hook.timeout > 0, f"{key}.timeout", "a number of seconds > 0", hook.timeout)
+    for i, mail in enumerate(a.emails):
+        key = f"alerts.emails[{i}]"
+        need(bool(mail.host.strip()), f"{key}.host", "a host name or IP address", mail.host)
+        need(0 < mail.port < 65536, f"{key}.port", "1-65535", mail.port)
+        need("@" in mail.sender, f"{key}.sender", "an e-mail address", mail.sender)
+        need(bool(mail.recipients) and all("@" in r for r in mail.recipients),
+             f"{key}.recipients", "a non-empty list of e-mail addresses", mail.recipients)
+        need(mail.timeout > 0, f"{key}.timeout", "a number of seconds > 0", mail.timeout)
+    for i, rule in enumerate(a.rules):
+        key = f"alerts.rules[{i}]"
+        need(bool(re.match(r"^[a-z][a-z0-9_]{0,31}$", rule.kind)), f"{key}.kind",
+             "1-32 lower-case letters, digits or '_'", rule.kind)
+        need(bool(re.match(r"^[a-z][a-z0-9_]*$", rule.analyzer)), f"{key}.analyzer",
+             "a lower-case analyzer name", rule.analyzer)
+        need(bool(rule.finding), f"{key}.finding", "a finding name", rule.finding)
+        need(rule.severity in SEVERITIES, f"{key}.severity", ", ".join(SEVERITIES),
+             rule.severity)
+    for i, route in enumerate(a.routes):
+        key = f"alerts.routes[{i}]"
+        need(bool(route.channels), f"{key}.channels", "at least one channel name",
+             route.channels)
+        for name in route.channels:
+            need(name in names, f"{key}.channels", f"channel names: {', '.join(names) or 'none'}",
+                 name)
+        for sev in route.severities:
+            need(sev in SEVERITIES, f"{key}.severities", ", ".join(SEVERITIES), sev)
+    need(1 <= a.max_per_channel_per_hour <= 100000, "alerts.max_per_channel_per_hour",
+         "1-100000", a.max_per_channel_per_hour)
+    need(1 <= a.max_attempts <= 100, "alerts.max_attempts", "1-100", a.max_attempts)
+    for name in ("retry_seconds", "sweep_interval_seconds"):
+        value = getattr(a, name)
+        need(value > 0, f"alerts.{name}", "a number of seconds > 0", value)

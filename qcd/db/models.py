@@ -215,3 +215,36 @@ class Alert(Base):
     acknowledged_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     acknowledged_by: Mapped[str | None] = mapped_column(String(64))
     comment: Mapped[str | None] = mapped_column(Text)
+
+
+class NotificationState(enum.StrEnum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    DEAD = "DEAD"
+    """Failed permanently, or max_attempts times."""
+    SUPPRESSED = "SUPPRESSED"
+    """Not sent on purpose (rate limit, alert acknowledged first); see last_error."""
+
+
+class AlertNotification(Base):
+    """The delivery status of one alert on one channel."""
+
+    __tablename__ = "alert_notifications"
+    __table_args__ = (
+        UniqueConstraint("alert_id", "channel", name="uq_alert_notification_alert_channel"),
+        Index("ix_alert_notifications_state_next", "state", "next_attempt_at"),
+        Index("ix_alert_notifications_channel_sent", "channel", "sent_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    state: Mapped[NotificationState] = mapped_column(
+        _enum(NotificationState),
+        default=NotificationState.PENDING,
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -229,7 +229,7 @@ def enqueue(
     added = 0
     with db.session() as session:
         for name in dict.fromkeys(names):
-            added += _insert_ignore(
+            added += insert_ignore(
                 session, Delivery, ["sop_instance_uid", "destination"],
                 series_id=series_id, object_kind=object_kind, sop_instance_uid=sop_instance_uid,
                 destination=name, path=path, state=DeliveryState.PENDING, attempts=0,
@@ -239,7 +239,7 @@ def enqueue(
     return added
 
 
-def _insert_ignore(session: Session, model: type[Any], keys: list[str], **values: Any) -> int:
+def insert_ignore(session: Session, model: type[Any], keys: list[str], **values: Any) -> int:
     """INSERT ... ON CONFLICT DO NOTHING: 1 if inserted, 0 if the key already existed.
 
     Unlike catching IntegrityError this leaves the surrounding transaction usable and
@@ -419,7 +419,7 @@ class DeliveryWorker:
     def _dead_letter(session: Session, row: Delivery) -> None:
         LOGGER.warning("delivery of %s %s to %s is dead: %s", row.object_kind,
                        row.sop_instance_uid, row.destination, row.last_error)
-        _insert_ignore(
+        insert_ignore(
             session, Alert, ["dedupe_key"],
             dedupe_key=f"delivery-dead:{row.sop_instance_uid}:{row.destination}"[:128],
             series_id=row.series_id, kind=ALERT_KIND, severity="warning",

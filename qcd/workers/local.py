@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from qcd.analyzers.base import Analyzer, SeriesInput
@@ -35,11 +35,15 @@ class LocalExecutor:
         Where the instance files of a job live.
     runtime
         Shared batching predictors (owned by the composition root).
+    on_done
+        Called with the job id after its findings are stored (raises operator alerts);
+        its errors are logged, never lost into the job's state.
     """
 
     def __init__(
         self, settings: WorkerSettings, db: Database, metrics: Metrics,
         registry: Mapping[str, Analyzer], spool_root: Path, runtime: LocalRuntime,
+        on_done: Callable[[int], object] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -48,6 +52,7 @@ class LocalExecutor:
         self.spool_root = spool_root
         self.bundles = BundleCache(settings.models_path)
         self.runtime = runtime
+        self.on_done = on_done
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -115,6 +120,11 @@ class LocalExecutor:
             self.metrics.jobs_finished.labels(analyzer=job.analyzer, state="DONE").inc()
             LOGGER.info("job %d %s on series %s: %d finding(s)", job.id, job.analyzer,
                         job.series_uid, len(outcome.findings))
+            if self.on_done is not None:
+                try:
+                    self.on_done(job.id)
+                except Exception:
+                    LOGGER.exception("post-processing of job %d failed", job.id)
 
     def _failed(self, job: queue.ClaimedJob, worker: str, error: str) -> None:
         state = queue.fail(self.db, job.id, worker, error,

@@ -64,7 +64,7 @@ def test_migrations_create_schema_and_are_idempotent(db: Database) -> None:
     assert TABLES <= set(inspect(db.engine).get_table_names())
     db.upgrade()
     db.check()
-    assert db.current_revision() == db.head_revision() == "0003"
+    assert db.current_revision() == db.head_revision() == "0004"
 
 
 def test_migrations_match_the_models(db: Database) -> None:

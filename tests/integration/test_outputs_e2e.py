@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from qcd.db.models import Delivery, DeliveryState, Job, JobState
 from qcd.synth import SeriesSpec, make_study
 from tests.conftest import make_settings
 from tests.integration.dcmtk import storescu
+from tests.integration.test_alerts import Receiver, receiver  # noqa: F401 - fixture
 from tests.integration.orthanc import OrthancServer
 from tests.toy_analyzers import CountAnalyzer, write_toy_bundle
 
@@ -78,3 +81,43 @@ def test_findings_reach_the_pacs_as_one_sr(tmp_path: Path, orthanc: OrthancServe
     values = {m.name.meaning: m.value for group in sr.content.get_image_measurement_groups()
               for m in group.get_measurements()}
     assert 5.0 in values.values()  # the analyzer's "instances" finding, as measured
+
+
+def test_a_finding_that_matches_an_alert_rule_reaches_the_webhook(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's own wiring: job DONE -> alert raised -> routed -> signed webhook POST."""
+    import json
+
+    models = tmp_path / "models"
+    write_toy_bundle(models)
+    monkeypatch.setenv("QCD_TEST_HOOK_SECRET", "s3cret")
+    config = tmp_path / "qcd.toml"
+    config.write_text(
+        '[[routing.rules]]\nanalyzer = "count"\nmodalities = ["PT"]\n'
+        '[alerts]\nsweep_interval_seconds = 0.3\n'
+        '[[alerts.rules]]\nkind = "too_many"\nanalyzer = "count"\nfinding = "instances"\n'
+        'min_value = 3\nseverity = "critical"\n'
+        f'[[alerts.webhooks]]\nname = "ops"\nurl = "{receiver.url}"\n'
+        'secret_env = "QCD_TEST_HOOK_SECRET"\n'
+        '[[alerts.routes]]\nchannels = ["ops"]\n')
+    settings = make_settings(tmp_path, QCD_CONFIG=str(config),
+                             QCD_WORKERS__MODELS_PATH=str(models),
+                             QCD_OUTPUTS__PATH=str(tmp_path / "outputs"))
+    files = make_study(tmp_path / "in", [SeriesSpec("PT", 4, "PET WB")], 16)
+    daemon = Daemon(settings, registry={"count": CountAnalyzer()})
+    daemon.start()
+    try:
+        assert len(storescu(files, daemon.scp.port).acknowledged) == 4
+        _wait(lambda: len(receiver.requests) >= 1)
+        time.sleep(1.0)  # a second sweep must not send it again
+    finally:
+        daemon.stop()
+    [(headers, body)] = receiver.requests
+    payload = json.loads(body)
+    assert (payload["kind"], payload["severity"], payload["finding"]) == (
+        "too_many", "critical", "instances")
+    assert payload["station"] == "QCDSIM1" and payload["modality"] == "PT"
+    assert headers["x-qcd-signature"] == "sha256=" + hmac.new(
+        b"s3cret", body, hashlib.sha256).hexdigest()
+    assert b"QCD^DEMO" not in body and b"QCD-DEMO-0001" not in body
