@@ -97,14 +97,7 @@ def build_seg(
             parameters={"weights_sha256": algorithm.sha256, "device_uid": algorithm.uid()},
         ),
     )
-    equipment = hd.ContributingEquipment(
-        manufacturer=MANUFACTURER,
-        purpose_of_reference=qc.PROCESSING_EQUIPMENT,
-        manufacturer_model_name=algorithm.name[:64],
-        software_versions=algorithm.version or UNKNOWN_VERSION,
-        contribution_description=f"model {algorithm.name} {algorithm.version}, weights "
-                                 f"sha256 {algorithm.sha256}, device UID {algorithm.uid()}",
-    )
+    equipment = algorithm.contributing_equipment()
     return hd.seg.Segmentation(
         source_images=list(sources),
         pixel_array=mask,

@@ -80,6 +80,17 @@ class ModelInfo:
         """The Device UID: declared, or name-based (stable for identical weights)."""
         return self.device_uid or derived_uid("model", self.name, self.version, self.sha256)
 
+    def contributing_equipment(self) -> hd.ContributingEquipment:
+        """The model as Processing Equipment (IHE AIR), the same in every object qcd makes."""
+        return hd.ContributingEquipment(
+            manufacturer=MANUFACTURER,
+            purpose_of_reference=qc.PROCESSING_EQUIPMENT,
+            manufacturer_model_name=self.name[:64],
+            software_versions=self.version or UNKNOWN_VERSION,
+            contribution_description=f"model {self.name} {self.version}, weights sha256 "
+                                     f"{self.sha256}, device UID {self.uid()}",
+        )
+
 
 def derived_uid(*parts: str) -> str:
     """A ``2.25`` UID from a name-based UUID (PS3.5 B.2): same parts, same UID."""
@@ -154,14 +165,7 @@ def build_sr(
         procedure_reported=qc.IMAGE_QUALITY_ANALYSIS,
         imaging_measurements=groups,
     )
-    equipment = [] if model is None else [hd.ContributingEquipment(
-        manufacturer=MANUFACTURER,
-        purpose_of_reference=qc.PROCESSING_EQUIPMENT,
-        manufacturer_model_name=model.name[:64],
-        software_versions=model.version or UNKNOWN_VERSION,
-        contribution_description=f"model {model.name} {model.version}, weights sha256 "
-                                 f"{model.sha256}, device UID {model.uid()}",
-    )]
+    equipment = [] if model is None else [model.contributing_equipment()]
     return hd.sr.Comprehensive3DSR(
         evidence=list(sources),
         content=report,
