@@ -24,6 +24,9 @@ from qcd.db.queries import job_counts
 from qcd.ingest.scp import StorageSCP
 from qcd.ingest.service import IngestService
 from qcd.metrics import Metrics
+from qcd.outputs.alerts import AlertDispatcher, raise_from_findings
+from qcd.outputs.delivery import DeliveryWorker
+from qcd.outputs.reports import ReportBuilder
 from qcd.scheduler import add_interval, build_scheduler
 from qcd.spool import Spool
 from qcd.web.http import HealthServer
@@ -73,16 +76,11 @@ class Daemon:
         self.scp = StorageSCP(settings.node.ae_title, settings.ingest, self.service, self.metrics)
         self.sweeper = CompletionSweeper(settings, self.db, self.metrics, self.registry.keys())
         self.runtime = LocalRuntime(settings.inference)
-        from qcd.outputs.alerts import AlertDispatcher, raise_from_findings
-
         self.executor = LocalExecutor(
             settings.workers, self.db, self.metrics, self.registry, self.spool.root,
             self.runtime,
             on_done=lambda job_id: raise_from_findings(self.db, job_id, settings.alerts.rules))
         self.alerts = AlertDispatcher(self.db, settings.alerts)
-        from qcd.outputs.delivery import DeliveryWorker
-        from qcd.outputs.reports import ReportBuilder
-
         self.reports = ReportBuilder(self.db, self.spool.root, Path(settings.outputs.path),
                                      settings.delivery.destinations, self.metrics)
         self.delivery = DeliveryWorker(self.db, settings.delivery, metrics=self.metrics,
