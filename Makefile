@@ -4,7 +4,7 @@
 PY      ?= python3
 VENV    ?= .venv
 PIP     := $(VENV)/bin/pip
-APT_PKGS := dcmtk orthanc
+APT_PKGS := dcmtk orthanc orthanc-dicomweb
 
 .PHONY: demo test setup system-deps bench clean
 
@@ -18,6 +18,7 @@ setup: system-deps $(VENV)/.installed
 
 system-deps:
 	@missing=""; for t in storescu Orthanc; do command -v $$t >/dev/null || missing=1; done; \
+	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $(APT_PKGS) (dcmtk plays the scanner, Orthanc the PACS)"; \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \

@@ -439,12 +439,20 @@ def _validate(s: Settings) -> None:
              "1-128 letters, digits, '_', '.' or '-'", dest.name)
         need(names.count(dest.name) == 1, f"{key}.name", "a name no other destination uses",
              dest.name)
-        need(bool(dest.host.strip()), f"{key}.host", "a host name or IP address", dest.host)
-        need(0 < dest.port < 65536, f"{key}.port", "1-65535", dest.port)
-        for name in ("ae_title", "calling_ae"):
-            aet = getattr(dest, name)
-            need(bool(AE_TITLE_RE.match(aet)), f"{key}.{name}",
-                 "1-16 printable ASCII characters, no backslash", aet)
+        if dest.stow_url:
+            need(re.match(r"^https?://[^/\s]+", dest.stow_url) is not None, f"{key}.stow_url",
+                 "an http:// or https:// DICOMweb base URL", dest.stow_url)
+            need(dest.auth_env == "" or bool(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$",
+                 dest.auth_env)), f"{key}.auth_env", "an environment variable name or empty",
+                 dest.auth_env)
+        else:
+            need(bool(dest.host.strip()), f"{key}.host", "a host name or IP address (or set "
+                 "stow_url)", dest.host)
+            need(0 < dest.port < 65536, f"{key}.port", "1-65535", dest.port)
+            for name in ("ae_title", "calling_ae"):
+                aet = getattr(dest, name)
+                need(bool(AE_TITLE_RE.match(aet)), f"{key}.{name}",
+                     "1-16 printable ASCII characters, no backslash", aet)
         need(dest.timeout > 0, f"{key}.timeout", "a number of seconds > 0", dest.timeout)
     need(1 <= d.max_attempts <= 100, "delivery.max_attempts", "1-100", d.max_attempts)
     for name in ("backoff_seconds", "sweep_interval_seconds"):

@@ -33,9 +33,11 @@ from qcd.db.engine import Database
 from qcd.db.models import Alert, Delivery, DeliveryState, utcnow
 from qcd.errors import IngestError
 from qcd.ingest.header import split_part10
-from qcd.outputs.settings import DeliverySettings, Destination
+from qcd.outputs.dicomweb import StowSender
+from qcd.outputs.settings import DeliverySettings, Destination, SendOutcome
 
-__all__ = ["DeliverySettings", "Destination", "DeliveryWorker", "DicomSender", "enqueue"]
+__all__ = ["DeliverySettings", "Destination", "DeliveryWorker", "DicomSender", "SendOutcome",
+           "StowSender", "TransportSender", "enqueue"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,18 +49,6 @@ DELIVERED_WARNINGS = frozenset({0xB000, 0xB006, 0xB007, 0x0001, 0x0107, 0x0116})
 
 
 # --------------------------------------------------------------------------- sending
-
-
-@dataclass(frozen=True)
-class SendOutcome:
-    """What happened to one file sent to one destination."""
-
-    status: int | None
-    """The C-STORE-RSP status, or None when no response came."""
-    comment: str = ""
-    """Error Comment of the response, or why no response came."""
-    permanent: bool = False
-    """With no status: retrying cannot help (e.g. the PACS refused the SOP class)."""
 
 
 class Sender(Protocol):
@@ -152,6 +142,18 @@ class DicomSender:
             if assoc.is_established:
                 assoc.release()
         return outcomes
+
+
+class TransportSender:
+    """C-STORE for DIMSE destinations, STOW-RS for those with a ``stow_url``."""
+
+    def __init__(self) -> None:
+        self.dimse = DicomSender()
+        self.stow = StowSender()
+
+    def send(self, destination: Destination, paths: Sequence[Path]) -> list[SendOutcome]:
+        transport = self.stow if destination.stow_url else self.dimse
+        return transport.send(destination, paths)
 
 
 def _store_one(assoc: Any, path: Path, sop_class: str, syntax: str, peer: str) -> SendOutcome:
@@ -301,7 +303,7 @@ class DeliveryWorker:
     ) -> None:
         self.db = db
         self.settings = settings
-        self.sender: Sender = sender if sender is not None else DicomSender()
+        self.sender: Sender = sender if sender is not None else TransportSender()
         self.metrics = metrics
         self.root = Path(root) if root is not None else None
         self.destinations = {d.name: d for d in settings.destinations}

@@ -10,13 +10,18 @@ class Destination:
 
     name: str
     """Stable key stored on each delivery row; renaming it orphans pending rows."""
-    host: str
-    port: int
-    ae_title: str
+    host: str = ""
+    port: int = 104
+    ae_title: str = ""
     """The PACS's (called) AE title."""
     calling_ae: str = "QCD"
     timeout: float = 30.0
     """Seconds for connect, association negotiation, each response and idle network."""
+    stow_url: str = ""
+    """DICOMweb base URL (e.g. ``https://pacs/dicom-web``): deliver by STOW-RS instead of
+    C-STORE; host, port and AE titles are then unused."""
+    auth_env: str = ""
+    """Environment variable holding the HTTP Authorization header value for STOW-RS."""
 
 
 @dataclass(frozen=True)
@@ -43,3 +48,15 @@ class OutputSettings:
     """Build an SR for every finished analysis."""
     path: str = "var/outputs"
     sweep_interval_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What happened to one file sent to one destination."""
+
+    status: int | None
+    """The C-STORE-RSP status, or None when no response came."""
+    comment: str = ""
+    """Error Comment of the response, or why no response came."""
+    permanent: bool = False
+    """With no status: retrying cannot help (e.g. the PACS refused the SOP class)."""

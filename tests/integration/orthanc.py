@@ -28,9 +28,12 @@ class OrthancServer:
     environment (dcmtk otherwise waits ~40 ms per response, RECIPES.md section 7).
     """
 
-    def __init__(self, root: Path, aet: str = "ORTHANC") -> None:
+    DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+    def __init__(self, root: Path, aet: str = "ORTHANC", dicomweb: bool = False) -> None:
         self.root = Path(root)
         self.aet = aet
+        self.dicomweb = dicomweb
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
@@ -49,7 +52,8 @@ class OrthancServer:
             "DicomCheckCalledAet": False,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
-            "Plugins": [],
+            "Plugins": [str(self.DICOMWEB_PLUGIN)] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
             "DicomModalities": {},
             "StorageCompression": False,
             "SaveJobs": False,
