@@ -14,6 +14,7 @@ from pathlib import Path
 import pydicom
 
 from qcd.analyzers.base import Analyzer, Finding, SeriesInput
+from qcd.bundles import models_root
 from qcd.config import Settings
 from qcd.errors import IngestError, InferenceError
 from qcd.importer import iter_files
@@ -62,7 +63,7 @@ def analyze_paths(
     paths: Iterable[str | Path], settings: Settings, registry: Mapping[str, Analyzer],
 ) -> tuple[list[AnalysisRow], list[str]]:
     """Route every series found under ``paths`` and run the analyzers that apply."""
-    bundles = BundleCache(settings.workers.models_path)
+    bundles = BundleCache(models_root(settings.workers.models_path))
     runtime = LocalRuntime(settings.inference)
     rows: list[AnalysisRow] = []
     series, skipped = group_series(paths)

@@ -15,6 +15,9 @@ from typing import Any
 from qcd.errors import InferenceError
 from qcd.hashing import sha256_file
 
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
+"""The bundles that come with qcd (the repository's ``models/`` folder)."""
+
 REQUIRED_KEYS = ("name", "version", "weights", "sha256", "labels", "input", "preprocessing")
 
 
@@ -36,6 +39,11 @@ class Bundle:
     @property
     def weights_path(self) -> Path:
         return self.path / str(self.spec["weights"])
+
+
+def models_root(configured: str) -> Path:
+    """The configured bundle folder, or the shipped one when none is configured."""
+    return Path(configured) if configured else SHIPPED_MODELS
 
 
 def _version_key(version: str) -> tuple[int | str, ...]:

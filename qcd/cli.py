@@ -195,7 +195,7 @@ def _analyze(settings: Settings, args: argparse.Namespace) -> int:
                   f"{'  ' + r.error if r.error else ''}")
             for f in r.findings:
                 value = f.value_text if f.value_text is not None else f.value_num
-                print(f"    {f.name} = {value}{' ' + f.unit if f.unit else ''}")
+                print(f"    {f.name} = {value}{' ' + f.unit if f.unit not in (None, '1') else ''}")
         if not rows:
             print("no series matched a routing rule")
     return 1 if any(r.status == "failed" for r in rows) else 0

@@ -162,8 +162,9 @@ class WorkerSettings:
     """Delay before retry n is backoff * 2**(n-1)."""
     lease_seconds: float = 900.0
     """A RUNNING job whose lease expired (its worker died) is queued again."""
-    models_path: str = "models"
-    """Root of the model bundles (``<name>/<version>/model.json``)."""
+    models_path: str = ""
+    """Root of the model bundles (``<name>/<version>/model.json``); empty = the
+    ``models/`` folder shipped beside the ``qcd`` package (works from any directory)."""
 
 
 @dataclass(frozen=True)

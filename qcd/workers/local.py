@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from qcd.analyzers.base import Analyzer, SeriesInput
+from qcd.bundles import models_root
 from qcd.config import WorkerSettings
 from qcd.db.engine import Database
 from qcd.errors import DatabaseError, InferenceError
@@ -50,7 +51,7 @@ class LocalExecutor:
         self.metrics = metrics
         self.registry = dict(registry)
         self.spool_root = spool_root
-        self.bundles = BundleCache(settings.models_path)
+        self.bundles = BundleCache(models_root(settings.models_path))
         self.runtime = runtime
         self.on_done = on_done
         self._stop = threading.Event()

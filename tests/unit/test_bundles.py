@@ -55,3 +55,14 @@ def test_unknown_bundle(tmp_path: Path) -> None:
 
 def test_retry_delay_is_exponential() -> None:
     assert [retry_delay(30, n) for n in (1, 2, 3)] == [30, 60, 120]
+
+
+def test_the_shipped_bundle_is_found_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qcd.bundles import SHIPPED_MODELS, models_root
+
+    monkeypatch.chdir(tmp_path)
+    assert models_root("") == SHIPPED_MODELS
+    assert models_root("site/models") == Path("site/models")
+    assert load_bundle(models_root(""), "earl").name == "earl"
