@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from qcd.config import Settings, load_settings
+from qcd.db.engine import Database
 
 PG_ADMIN_URL = os.environ.get("QCD_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 DATA = Path(__file__).parent / "data"
@@ -74,6 +75,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
     yield url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A migrated database, on SQLite and on PostgreSQL."""
+    database = Database(db_url)
+    database.upgrade()
+    yield database
+    database.dispose()
 
 
 def make_settings(tmp_path: Path, db_url: str | None = None, **env: str) -> Settings:

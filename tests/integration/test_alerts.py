@@ -6,12 +6,9 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -39,6 +36,8 @@ from qcd.outputs.alerts import (
     raise_from_findings,
 )
 from tests.conftest import free_port
+from tests.integration.conftest import Receiver
+from tests.integration.test_delivery import alerts
 
 pytestmark = pytest.mark.integration
 
@@ -50,46 +49,6 @@ _uid = iter(range(1, 1_000_000))
 
 # --------------------------------------------------------------------------- fixtures
 
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
-
-
-@dataclass
-class Receiver:
-    url: str
-    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    status: int = 200
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A real HTTP server on a free loopback port recording each POST."""
-    state = Receiver(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            state.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(state.status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
 
 
 class _Sink:
@@ -149,11 +108,6 @@ def make_job(db: Database, findings: list[dict[str, Any]], *, analyzer: str = "m
 def notifications(db: Database) -> list[AlertNotification]:
     with db.session() as s:
         return list(s.scalars(select(AlertNotification).order_by(AlertNotification.id)))
-
-
-def alerts(db: Database) -> list[Alert]:
-    with db.session() as s:
-        return list(s.scalars(select(Alert).order_by(Alert.id)))
 
 
 RESCAN = {"name": "rescan_recommended", "value_text": "true"}

@@ -48,13 +48,6 @@ def record(db: Database, h: InstanceHeader, version: int = 1, reopen: bool = Tru
                            reopen_completed=reopen)
 
 
-@pytest.fixture
-def db(db_url: str) -> Database:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
-
 
 def settings(**env: str) -> Settings:
     return load_settings(environ={"QCD_ASSEMBLY__QUIET_SECONDS": "10", **env})

@@ -42,13 +42,6 @@ def _pynetdicom() -> None:
     configure_pynetdicom()
 
 
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
-
 
 @pytest.fixture
 def sqlite_db(tmp_path: Path) -> Iterator[Database]:

@@ -6,7 +6,6 @@ import datetime as dt
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,6 @@ from tests.toy_analyzers import CountAnalyzer, FlakyAnalyzer, write_toy_bundle
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def make_jobs(db: Database, n: int, analyzer: str = "count") -> list[int]:

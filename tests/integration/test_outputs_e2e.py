@@ -18,7 +18,7 @@ from qcd.db.models import Delivery, DeliveryState, Job, JobState
 from qcd.synth import SeriesSpec, make_study
 from tests.conftest import make_settings
 from tests.integration.dcmtk import storescu
-from tests.integration.test_alerts import Receiver, receiver  # noqa: F401 - fixture
+from tests.integration.conftest import Receiver
 from tests.integration.orthanc import OrthancServer
 from tests.toy_analyzers import CountAnalyzer, write_toy_bundle
 
