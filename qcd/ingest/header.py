@@ -95,10 +95,15 @@ def split_part10(data: bytes) -> tuple[FileMetaDataset, bytes]:
     try:
         pydicom.filereader.read_preamble(fp, False)
         meta = pydicom.filereader._read_file_meta_info(fp)
+        for _ in meta:  # decode every raw element now: a bad VR must fail here, not later
+            pass
     except Exception as exc:  # pydicom raises many types on bad input
         raise IngestError(status.UNDECODABLE, f"not a DICOM Part 10 file: {exc}"[:64]) from exc
-    if "TransferSyntaxUID" not in meta:
+    ts = str(meta.get("TransferSyntaxUID", "") or "")
+    if not ts:
         raise IngestError(status.UNDECODABLE, "File Meta has no Transfer Syntax UID")
+    if not is_valid_uid(ts) or not UID(ts).is_transfer_syntax:
+        raise IngestError(status.UNDECODABLE, "File Meta Transfer Syntax UID is not one")
     return meta, data[fp.tell() :]
 
 

@@ -110,6 +110,7 @@ class StorageSCP:
         """Bind and serve in background threads."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -166,6 +167,22 @@ class StorageSCP:
         return False
 
     # -- handlers ---------------------------------------------------------------
+
+    def _on_conn_open(self, event: evt.Event) -> None:
+        """Bound every read on an accepted socket by ``network_timeout``.
+
+        pynetdicom leaves accepted sockets blocking: a peer that sends part of a PDU
+        and then nothing (slowloris) blocks its reader forever, the ARTIM timer is
+        never checked and the association slot is never freed, so a handful of such
+        peers lock every scanner out (found by tests/integration/test_fuzz_pdu.py).
+        The timeout applies per read, so a slow transfer that keeps moving is fine.
+        """
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            try:
+                sock.settimeout(self.settings.network_timeout)
+            except OSError:  # the peer may already be gone
+                pass
 
     def _on_accepted(self, event: evt.Event) -> None:
         self.metrics.associations.labels(
