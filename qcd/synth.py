@@ -70,12 +70,13 @@ def make_study(
     series: Sequence[SeriesSpec] = DEFAULT_STUDY,
     size: int = 64,
     seed: int = 0,
+    study_uid: str | None = None,
 ) -> list[Path]:
     """Write one study with the given series; return the file paths in order."""
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    study_uid = generate_uid()
+    study_uid = study_uid or generate_uid()
     paths: list[Path] = []
     for number, spec in enumerate(series, start=1):
         series_uid = generate_uid()
