@@ -4,7 +4,7 @@
 PY      ?= python3
 VENV    ?= .venv
 PIP     := $(VENV)/bin/pip
-APT_PKGS := dcmtk orthanc orthanc-dicomweb
+APT_PKGS := dcmtk orthanc orthanc-dicomweb chromium
 
 .PHONY: demo test setup system-deps bench clean
 
@@ -17,10 +17,10 @@ $(VENV)/.installed: pyproject.toml
 setup: system-deps $(VENV)/.installed
 
 system-deps:
-	@missing=""; for t in storescu Orthanc; do command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for t in storescu Orthanc chromium; do command -v $$t >/dev/null || missing=1; done; \
 	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing=1; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing $(APT_PKGS) (dcmtk plays the scanner, Orthanc the PACS)"; \
+	  echo "installing $(APT_PKGS) (dcmtk plays the scanner, Orthanc the PACS, Chromium the dashboard user)"; \
 	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
 	fi
 

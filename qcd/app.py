@@ -29,6 +29,8 @@ from qcd.outputs.delivery import DeliveryWorker
 from qcd.outputs.reports import ReportBuilder
 from qcd.scheduler import add_interval, build_scheduler
 from qcd.spool import Spool
+from qcd.web.aggregates import metric_rows
+from qcd.web.app import Dashboard
 from qcd.web.http import HealthServer
 from qcd.workers.local import LocalExecutor
 from qcd.workers.runtime import LocalRuntime
@@ -89,7 +91,13 @@ class Daemon:
         self.metrics.watch_spool(lambda: float(self.spool.free_bytes()))
         self.metrics.watch_queue(lambda: job_counts(self.db))
         self.http: HealthServer | None = None
+        self.dashboard: Dashboard | None = None
         if settings.http.enabled:
+            dashboard = (Dashboard(self.db, self.spool.root, settings.http)
+                         if settings.http.dashboard else None)
+            self.dashboard = dashboard
+            self.metrics.watch_quality(
+                lambda: metric_rows(dashboard.read if dashboard is not None else self.db))
             self.http = HealthServer(
                 settings.http.host, settings.http.port, self.metrics.registry,
                 liveness={"scheduler": lambda: bool(self.scheduler.running)},
@@ -98,6 +106,7 @@ class Daemon:
                     "database": self._db_ok,
                     "spool_floor": lambda: self.spool.free_bytes() >= self.spool.min_free_bytes,
                 },
+                app=dashboard.handle if dashboard is not None else None,
             )
         self._stop = threading.Event()
 
@@ -122,6 +131,10 @@ class Daemon:
         if self.settings.delivery.destinations:
             add_interval(self.scheduler, "delivery-sweep", self.delivery.sweep,
                          self.settings.delivery.sweep_interval_seconds)
+        if self.settings.audit.schedule:
+            from qcd.audit.runner import add_audit_job
+
+            add_audit_job(self.scheduler, self.settings, self.db, self.service)
         self.scheduler.start()
         self.executor.start()
         if self.http is not None:
@@ -138,6 +151,8 @@ class Daemon:
         self.runtime.close()
         if self.http is not None:
             self.http.stop()
+        if self.dashboard is not None:
+            self.dashboard.close()
         self.db.dispose()
         LOGGER.info("qcd stopped (%d association(s) aborted after drain timeout)", aborted)
 

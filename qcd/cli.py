@@ -15,6 +15,7 @@ from qcd import __version__
 from qcd.config import Settings, load_settings
 from qcd.errors import ConfigError, QcdError
 from qcd.logsetup import configure_logging
+from qcd.web import users_cli
 
 LOGGER = logging.getLogger("qcd.cli")
 
@@ -49,9 +50,27 @@ def _parser() -> argparse.ArgumentParser:
     phantom.add_argument("--ratio", type=float, default=10.0,
                          help="sphere:background activity ratio of the filling (default 10)")
     phantom.add_argument("--json", action="store_true")
+    audit = sub.add_parser("audit", help="retrospective audit: query/retrieve series from the "
+                           "PACS ([audit]) for analysis; harmonisation report")
+    audit.add_argument("--from", dest="date_from", required=True, metavar="YYYY-MM-DD")
+    audit.add_argument("--to", dest="date_to", required=True, metavar="YYYY-MM-DD")
+    audit.add_argument("--modality", help="default: [audit] modality (PT)")
+    audit.add_argument("--station", action="append", default=None,
+                       help="StationName filter (wildcards * ?); repeatable")
+    audit.add_argument("--institution", action="append", default=None,
+                       help="InstitutionName filter (wildcards * ?); repeatable")
+    audit.add_argument("--report", metavar="CSV", help="write the per-site/scanner report")
+    audit.add_argument("--series-report", metavar="CSV", help="write the per-series report")
+    audit.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="before reporting, wait up to this long for the analyses")
+    audit.add_argument("--dry-run", action="store_true",
+                       help="query only: list what would be retrieved, change nothing")
+    audit.add_argument("--respect-window", action="store_true",
+                       help="start no retrieve outside [audit] window")
     demo = sub.add_parser("demo-study", help="write a synthetic multi-series study")
     demo.add_argument("out_dir")
     demo.add_argument("--size", type=int, default=64, help="image rows/columns")
+    users_cli.add_parser(sub)
     return p
 
 
@@ -218,6 +237,67 @@ def _earl_phantom(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    import dataclasses
+    import datetime as dt
+
+    from qcd.audit.report import scanner_rows, series_rows, write_csv
+    from qcd.audit.runner import build_runner, default_filters, peer_from, wait_for_analysis
+
+    peer_from(settings)  # no PACS configured: say so before touching anything
+    try:
+        date_from = dt.date.fromisoformat(args.date_from)
+        date_to = dt.date.fromisoformat(args.date_to)
+    except ValueError as exc:
+        print(f"qcd: --from/--to must be YYYY-MM-DD: {exc}", file=sys.stderr)
+        return 2
+    if date_to < date_from:
+        print("qcd: --to is before --from", file=sys.stderr)
+        return 2
+    filters = default_filters(settings, date_from, date_to)
+    filters = dataclasses.replace(
+        filters, modality=(args.modality or filters.modality).upper(),
+        stations=tuple(args.station) if args.station else filters.stations,
+        institutions=tuple(args.institution) if args.institution else filters.institutions)
+    service = None
+    if settings.audit.method == "get" and not args.dry_run:
+        from qcd.app import build_ingest, configure_pynetdicom
+        from qcd.metrics import Metrics
+
+        configure_pynetdicom()
+        db, _, service = build_ingest(settings, Metrics())
+    else:
+        from qcd.db.engine import Database
+
+        db = Database(settings.database.url)
+        db.check()
+    try:
+        runner = build_runner(settings, db, service)
+        summary = runner.run(filters, dry_run=args.dry_run, respect_window=args.respect_window)
+        verb = "would retrieve" if args.dry_run else "left for a later run"
+        print(f"found {summary.found} series; retrieved {len(summary.retrieved)}, "
+              f"failed {len(summary.failed)}, already retrieved "
+              f"{len(summary.already_retrieved)}, already analysed {len(summary.skipped)}, "
+              f"{verb} {len(summary.deferred)}")
+        for uid, error in sorted(summary.failed.items()):
+            print(f"  failed {uid}: {error}")
+        if args.wait > 0 and not args.dry_run:
+            uids = summary.retrieved + summary.already_retrieved
+            waiting = wait_for_analysis(db, uids, settings.audit.analyzer, args.wait)
+            if waiting:
+                print(f"{len(waiting)} series not analysed yet after {args.wait:g} s")
+        rows = series_rows(db, filters, settings.audit.analyzer)
+        if args.report:
+            n = write_csv(scanner_rows(rows), args.report)
+            print(f"wrote {n} site/scanner row(s) to {args.report}")
+        if args.series_report:
+            n = write_csv(rows, args.series_report)
+            print(f"wrote {n} series row(s) to {args.series_report}")
+    finally:
+        db.dispose()
+    return 1 if summary.failed else 0
+
+
 def _demo_study(settings: Settings, args: argparse.Namespace) -> int:
     from qcd.synth import make_study
 
@@ -267,6 +347,7 @@ def _toml_value(value: object) -> str:
 
 
 _COMMANDS = {
+    "user": users_cli.run,
     "serve": _serve,
     "check-config": _check_config,
     "db": _db,
@@ -276,6 +357,7 @@ _COMMANDS = {
     "analyze": _analyze,
     "earl-phantom": _earl_phantom,
     "demo-study": _demo_study,
+    "audit": _audit,
 }
 
 if __name__ == "__main__":  # pragma: no cover

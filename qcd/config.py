@@ -169,11 +169,68 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class HttpSettings:
-    """The HTTP endpoint for ``/metrics``, ``/healthz`` and ``/readyz``."""
+    """The HTTP endpoint: ``/metrics``, ``/healthz``, ``/readyz`` and the web dashboard."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
+    dashboard: bool = True
+    """Serve the web UI and JSON API (``/sites``, ``/operator``, ``/study``, ``/api``)."""
+    auth: str = "local"
+    """``local`` (users in the database, ``qcd user add``) or ``proxy`` (a reverse proxy
+    authenticates and names the user in ``proxy_user_header``)."""
+    proxy_user_header: str = "X-Remote-User"
+    proxy_trusted_networks: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    """Only requests from these addresses may name a user in the header (the proxy's)."""
+    proxy_default_role: str = "viewer"
+    """Role of a proxy-authenticated user without a local account (viewer or operator)."""
+    session_hours: float = 12.0
+    secure_cookies: bool = False
+    """Mark cookies ``Secure`` (set when the UI is served over HTTPS)."""
+    viewer_url_template: str = ""
+    """PACS viewer link, e.g. ``https://pacs/viewer?StudyInstanceUIDs={study_uid}``;
+    ``{study_uid}`` and ``{series_uid}`` are filled in; empty = no links."""
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Retrospective audit: query a PACS (C-FIND), retrieve matching series into qcd.
+
+    The PACS must know qcd's AE title (``move_destination``) as a modality for C-MOVE;
+    with ``method = "get"`` qcd receives on the query association instead.
+    """
+
+    pacs_host: str = ""
+    """Empty = no PACS configured (``qcd audit`` refuses to run, no scheduled job)."""
+    pacs_port: int = 104
+    pacs_ae_title: str = "PACS"
+    calling_ae_title: str = ""
+    """Our calling AE title towards the PACS; empty = ``node.ae_title``."""
+    move_destination: str = ""
+    """C-MOVE destination AE title (qcd's Storage SCP); empty = ``node.ae_title``."""
+    method: str = "move"
+    """``move`` (the PACS pushes to our listener) or ``get`` (C-GET on one association)."""
+    max_concurrent_retrieves: int = 2
+    window: str = ""
+    """Local-time window for retrieves, e.g. ``20:00-06:00``; empty = any time. The
+    scheduled job keeps to it; ``qcd audit`` only with ``--respect-window``."""
+    schedule: str = ""
+    """Empty = no scheduled audit; ``interval:SECONDS`` or a 5-field crontab (local time)."""
+    lookback_days: int = 7
+    """The scheduled job audits studies dated within this many days."""
+    modality: str = "PT"
+    stations: tuple[str, ...] = ()
+    """Default StationName filters (DICOM wildcards * and ?); empty = all."""
+    institutions: tuple[str, ...] = ()
+    """Default InstitutionName filters (DICOM wildcards); empty = all."""
+    analyzer: str = "earl"
+    """The analyzer (and model bundle of the same name) the audit is for."""
+    max_attempts: int = 3
+    """Failed retrieves of a series are retried by later runs up to this many times."""
+    timeout: float = 600.0
+    """Seconds one retrieve (and one query) may take."""
+    stale_seconds: float = 3600.0
+    """A RETRIEVING row older than this belongs to a dead run and is retried."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +255,7 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def quiet_seconds_for(self, modality: str | None) -> float:
@@ -370,6 +428,15 @@ def _validate(s: Settings) -> None:
         need(bool(AE_TITLE_RE.match(aet)), key, "1-16 printable ASCII characters, no backslash", aet)
     need(0 < s.ingest.port < 65536, "ingest.port", "1-65535", s.ingest.port)
     need(0 <= s.http.port < 65536, "http.port", "0-65535 (0 = any free port)", s.http.port)
+    need(s.http.auth in ("local", "proxy"), "http.auth", "local, proxy", s.http.auth)
+    need(s.http.proxy_default_role in ("viewer", "operator"), "http.proxy_default_role",
+         "viewer, operator", s.http.proxy_default_role)
+    need(s.http.session_hours > 0, "http.session_hours", "hours > 0", s.http.session_hours)
+    for net in s.http.proxy_trusted_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            need(False, "http.proxy_trusted_networks", "IP networks such as 10.0.0.0/8", net)
     need(1 <= s.ingest.max_associations <= 1000, "ingest.max_associations", "1-1000",
          s.ingest.max_associations)
     need(s.ingest.max_pdu == 0 or 4096 <= s.ingest.max_pdu <= 64 * 1024 * 1024,
@@ -463,10 +530,43 @@ def _validate(s: Settings) -> None:
          "seconds >= delivery.backoff_seconds", d.max_backoff_seconds)
     need(1 <= d.batch <= 1000, "delivery.batch", "1-1000", d.batch)
     _validate_alerts(s, need)
+    _validate_audit(s, need)
     need(s.logging.level.upper() in LOG_LEVELS, "logging.level", ", ".join(LOG_LEVELS),
          s.logging.level)
     need(s.logging.format in LOG_FORMATS, "logging.format", ", ".join(LOG_FORMATS),
          s.logging.format)
+
+
+def _validate_audit(s: Settings, need: typing.Callable[[bool, str, str, Any], None]) -> None:
+    from qcd.audit.window import parse_schedule, parse_window  # pure, no DICOM imports
+
+    a = s.audit
+    need(0 < a.pacs_port < 65536, "audit.pacs_port", "1-65535", a.pacs_port)
+    for name in ("pacs_ae_title", "calling_ae_title", "move_destination"):
+        aet = getattr(a, name)
+        need(aet == "" and name != "pacs_ae_title" or bool(AE_TITLE_RE.match(aet)),
+             f"audit.{name}", "1-16 printable ASCII characters, no backslash", aet)
+    need(a.method in ("move", "get"), "audit.method", "move, get", a.method)
+    need(1 <= a.max_concurrent_retrieves <= 32, "audit.max_concurrent_retrieves", "1-32",
+         a.max_concurrent_retrieves)
+    try:
+        parse_window(a.window)
+    except ValueError as exc:
+        need(False, "audit.window", f"empty or HH:MM-HH:MM ({exc})", a.window)
+    try:
+        parse_schedule(a.schedule)
+    except ValueError as exc:
+        need(False, "audit.schedule", f"empty, interval:SECONDS or a 5-field crontab ({exc})",
+             a.schedule)
+    need(0 <= a.lookback_days <= 36500, "audit.lookback_days", "0-36500", a.lookback_days)
+    need(bool(MODALITY_RE.match(a.modality)), "audit.modality",
+         "an upper-case DICOM modality code such as PT", a.modality)
+    need(bool(re.match(r"^[a-z][a-z0-9_]*$", a.analyzer)), "audit.analyzer",
+         "a lower-case analyzer name", a.analyzer)
+    need(1 <= a.max_attempts <= 100, "audit.max_attempts", "1-100", a.max_attempts)
+    for name in ("timeout", "stale_seconds"):
+        value = getattr(a, name)
+        need(value > 0, f"audit.{name}", "a number of seconds > 0", value)
 
 
 def _validate_alerts(s: Settings, need: typing.Callable[[bool, str, str, Any], None]) -> None:

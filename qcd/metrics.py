@@ -66,6 +66,53 @@ class Metrics:
         """Export job counts by state, read from the database at scrape time."""
         self.registry.register(_QueueCollector(counts))
 
+    def watch_quality(
+        self, rows: Callable[[], Iterable[tuple[str, Mapping[str, str], float]]]
+    ) -> None:
+        """Export QC rates per site/scanner (``qcd_qc_*``), open alerts and the outbox,
+        computed by ``rows`` at scrape time (see :func:`qcd.web.aggregates.metric_rows`).
+
+        Labels are InstitutionName, StationName, finding names and values: no patient data.
+        """
+        self.registry.register(_QualityCollector(rows))
+
+
+class _QualityCollector(Collector):
+    """Per site and scanner QC counts over rolling windows, read from the DB at scrape time.
+
+    Rows are ``(family, labels, value)``; ``family`` is ``series`` (series analysed),
+    ``findings`` (categorical findings by value), ``open_alerts`` or ``outbox``.
+    """
+
+    FAMILIES = {
+        "series": ("qcd_qc_series", "Series analysed (DONE) per site and scanner in the "
+                   "window", ["site", "station", "window"]),
+        "findings": ("qcd_qc_findings", "Categorical findings (earl_class, "
+                     "rescan_recommended, urgent, ...) by value per site and scanner in the "
+                     "window", ["site", "station", "finding", "value", "window"]),
+        "open_alerts": ("qcd_open_alerts", "Alerts not yet acknowledged", ["kind"]),
+        "outbox": ("qcd_outbox", "Delivery outbox rows by state", ["state"]),
+    }
+
+    def __init__(self, rows: Callable[[], Iterable[tuple[str, Mapping[str, str], float]]]
+                 ) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        families = {key: GaugeMetricFamily(name, doc, labels=labels)
+                    for key, (name, doc, labels) in self.FAMILIES.items()}
+        try:
+            rows = list(self._rows())
+        except Exception:  # a scrape must not fail because the DB blinked
+            rows = []
+        for key, labels, value in rows:
+            names = self.FAMILIES[key][2]
+            families[key].add_metric([str(labels.get(n, "")) for n in names], value)
+        yield from families.values()
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
 
 class _QueueCollector(Collector):
     def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models: studies, series, instances, jobs, findings, deliveries, alerts.
+"""SQLAlchemy 2 models: studies, series, instances, jobs, findings, deliveries, alerts, users.
 
 No patient name, ID or birth date is stored: UIDs and the accession number are the
 handles. Times are naive UTC (the same on SQLite and PostgreSQL).
@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -81,7 +82,10 @@ class Study(Base):
 
 class Series(Base):
     __tablename__ = "series"
-    __table_args__ = (Index("ix_series_state_last", "state", "last_received_at"),)
+    __table_args__ = (
+        Index("ix_series_state_last", "state", "last_received_at"),
+        Index("ix_series_first_received", "first_received_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
@@ -201,6 +205,7 @@ class Delivery(Base):
 
 class Alert(Base):
     __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_state_created", "state", "created_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dedupe_key: Mapped[str] = mapped_column(String(128), unique=True)
@@ -248,3 +253,79 @@ class AlertNotification(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class UserRole(enum.StrEnum):
+    VIEWER = "viewer"
+    """Reads every page and API; changes nothing."""
+    OPERATOR = "operator"
+    """Also acknowledges alerts."""
+
+
+class User(Base):
+    """A local account of the web UI; the password is stored only as a salted scrypt hash."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[UserRole] = mapped_column(_enum(UserRole), default=UserRole.VIEWER)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class WebSession(Base):
+    """A logged-in browser: only the SHA-256 of the cookie's token is stored."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class AuditState(enum.StrEnum):
+    PENDING = "PENDING"
+    """Found in the PACS; to be retrieved."""
+    RETRIEVING = "RETRIEVING"
+    """A retrieve is in flight (reset to PENDING when its run died)."""
+    RETRIEVED = "RETRIEVED"
+    """The PACS reported every sub-operation done; the daemon analyses it."""
+    FAILED = "FAILED"
+    """The last retrieve failed; retried by the next run until max_attempts."""
+    SKIPPED = "SKIPPED"
+    """Already analysed here with the same model version: never retrieved."""
+
+
+class AuditCandidate(Base):
+    """One archived series a retrospective audit wants analysed by one model version."""
+
+    __tablename__ = "audit_candidates"
+    __table_args__ = (
+        UniqueConstraint("series_uid", "model_name", "model_version",
+                         name="uq_audit_series_model"),
+        Index("ix_audit_candidates_state", "state", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    institution_name: Mapped[str | None] = mapped_column(String(64))
+    station_name: Mapped[str | None] = mapped_column(String(64))
+    device_serial: Mapped[str | None] = mapped_column(String(64))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    expected_instances: Mapped[int | None] = mapped_column(Integer)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    state: Mapped[AuditState] = mapped_column(_enum(AuditState), default=AuditState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    retrieved_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -1,1 +1,1 @@
-"""HTTP side of qcd: metrics and health endpoints (the dashboard comes later)."""
+"""HTTP side of qcd: metrics and health endpoints, the dashboard and its JSON API."""

@@ -1,8 +1,10 @@
-"""``/metrics``, ``/healthz`` and ``/readyz`` on a small threaded HTTP server.
+"""``/metrics``, ``/healthz``, ``/readyz`` and the dashboard on a small threaded HTTP server.
 
 ``/healthz`` says the process is alive and its scheduler runs; ``/readyz`` says it
 can take work: the DICOM listener is up, the database answers and the spool is
-above its free-space floor. Both answer JSON with the failing checks named.
+above its free-space floor. Both answer JSON with the failing checks named. These
+three never ask for credentials (probes and Prometheus scrape them); every other path
+goes to the dashboard (:class:`qcd.web.app.Dashboard`), which authenticates itself.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from qcd.web.routing import Request, Response
+
 LOGGER = logging.getLogger(__name__)
 
 Check = Callable[[], bool]
+App = Callable[[Request], Response]
+MAX_BODY = 64 * 1024
+"""Largest request body accepted (forms and JSON are small)."""
 
 
 class HealthServer:
@@ -32,6 +39,8 @@ class HealthServer:
         The metrics registry to expose.
     liveness, readiness
         Named checks; each returns True when fine (an exception counts as False).
+    app
+        The dashboard, for every other path (None: those answer 404).
     """
 
     def __init__(
@@ -41,6 +50,7 @@ class HealthServer:
         registry: CollectorRegistry,
         liveness: Mapping[str, Check],
         readiness: Mapping[str, Check],
+        app: App | None = None,
     ) -> None:
         routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
             "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry)),
@@ -53,12 +63,43 @@ class HealthServer:
 
             def do_GET(self) -> None:
                 route = routes.get(self.path.split("?", 1)[0])
-                if route is None:
-                    code, ctype, body = 404, "application/json", b'{"error": "not found"}'
-                else:
+                if route is not None:
                     code, ctype, body = route()
+                    self._send(code, [("Content-Type", ctype)], body)
+                else:
+                    self._app()
+
+            def do_HEAD(self) -> None:
+                self._app(head=True)
+
+            def do_POST(self) -> None:
+                self._app()
+
+            def _app(self, head: bool = False) -> None:
+                if app is None:
+                    self._send(404, [("Content-Type", "application/json")],
+                               b'{"error": "not found"}')
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= MAX_BODY:
+                    self._send(413, [("Content-Type", "application/json")],
+                               b'{"error": "request body too large"}')
+                    self.close_connection = True
+                    return
+                body = self.rfile.read(length) if length else b""
+                request = Request.build(self.command, self.path, dict(self.headers.items()),
+                                        body, client=str(self.client_address[0]))
+                response = app(request)
+                self._send(response.status, response.all_headers(),
+                           b"" if head else response.body)
+
+            def _send(self, code: int, headers: list[tuple[str, str]], body: bytes) -> None:
                 self.send_response(code)
-                self.send_header("Content-Type", ctype)
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -30,8 +30,12 @@ class OrthancServer:
 
     DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
-    def __init__(self, root: Path, aet: str = "ORTHANC", dicomweb: bool = False) -> None:
+    def __init__(self, root: Path, aet: str = "ORTHANC", dicomweb: bool = False,
+                 modalities: dict[str, tuple[str, str, int]] | None = None) -> None:
         self.root = Path(root)
+        self.modalities = dict(modalities or {})
+        """Peers Orthanc knows (name -> (AE title, host, port)): C-MOVE destinations and
+        callers allowed to query/retrieve. Empty by default."""
         self.aet = aet
         self.dicomweb = dicomweb
         self.dicom_port = free_port()
@@ -54,7 +58,7 @@ class OrthancServer:
             "AuthenticationEnabled": False,
             "Plugins": [str(self.DICOMWEB_PLUGIN)] if self.dicomweb else [],
             "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
-            "DicomModalities": {},
+            "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
             "StorageCompression": False,
             "SaveJobs": False,
         }, indent=2))

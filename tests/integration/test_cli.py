@@ -37,7 +37,7 @@ def test_db_import_status(env: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["status"]) == 3  # not migrated yet: a sentence, not a traceback
     assert "qcd db upgrade" in capsys.readouterr().err
     assert main(["db", "upgrade"]) == 0
-    assert "revision 0004 (head 0004)" in capsys.readouterr().out
+    assert "revision 0006 (head 0006)" in capsys.readouterr().out
     files = make_study(env / "in", [SeriesSpec("PT", 5, "PET"), SeriesSpec("MR", 3, "LA")], 16)
     (env / "in" / "notes.txt").write_text("not DICOM")
     assert main(["import", str(env / "in")]) == 1  # one file refused

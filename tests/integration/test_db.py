@@ -21,7 +21,8 @@ from qcd.metrics import Metrics
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"studies", "series", "instances", "jobs", "findings", "deliveries", "alerts"}
+TABLES = {"studies", "series", "instances", "jobs", "findings", "deliveries", "alerts", "users",
+          "web_sessions", "audit_candidates"}
 
 
 def header(sop: str, series: str = "1.2.3.4", modality: str = "PT", **kw: object) -> InstanceHeader:
@@ -57,7 +58,7 @@ def test_migrations_create_schema_and_are_idempotent(db: Database) -> None:
     assert TABLES <= set(inspect(db.engine).get_table_names())
     db.upgrade()
     db.check()
-    assert db.current_revision() == db.head_revision() == "0004"
+    assert db.current_revision() == db.head_revision() == "0006"
 
 
 def test_migrations_match_the_models(db: Database) -> None:

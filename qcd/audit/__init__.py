@@ -1,0 +1,1 @@
+"""Retrospective audit: query a PACS, retrieve series into qcd, report EARL harmonisation."""
