@@ -133,7 +133,8 @@ class RouteRule:
 DEFAULT_ROUTES: tuple[RouteRule, ...] = (
     RouteRule(analyzer="earl", modalities=("PT",)),
     RouteRule(analyzer="motion", modalities=("CT",), manufacturer="scanco"),
-    RouteRule(analyzer="chest", modalities=("CR", "DX"), body_part="chest|thorax"),
+    # an empty Body Part Examined routes too: the analyzer then decides from ViewPosition
+    RouteRule(analyzer="chest", modalities=("CR", "DX"), body_part=r"chest|thorax|lung|^$"),
     RouteRule(
         analyzer="atrium",
         modalities=("MR",),

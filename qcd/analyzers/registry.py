@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from qcd.analyzers.base import Analyzer
+from qcd.analyzers.chest.analyzer import ChestAnalyzer
 from qcd.analyzers.earl.analyzer import EarlAnalyzer
 
 REGISTRY: Mapping[str, Analyzer] = {
     EarlAnalyzer.name: EarlAnalyzer(),
+    ChestAnalyzer.name: ChestAnalyzer(),
 }

@@ -1,0 +1,1 @@
+"""Chest radiograph anomaly flags: 16 sigmoid labels on a padded, resized frontal view."""

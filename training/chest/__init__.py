@@ -1,0 +1,1 @@
+"""Training-side code for the chest analyzer: simulated radiographs, real-data readers."""
