@@ -124,6 +124,10 @@ def main() -> int:
         serve.send_signal(signal.SIGTERM)
         serve.wait(60)
     rss = [r for _, r, _ in samples]
+
+    def fd_at(t: float) -> int:
+        return min(samples, key=lambda x: abs(x[0] - t))[2]
+
     half = [(t, r) for t, r, _ in samples if t >= elapsed / 2]
     rows = ["| figure | value |", "|---|---|",
             f"| duration, associations | {elapsed:.0f} s, {args.lanes} concurrent |",
@@ -132,7 +136,9 @@ def main() -> int:
             f"| RSS start / median / max / end | {rss[0]:.0f} / {statistics.median(rss):.0f} / "
             f"{max(rss):.0f} / {rss[-1]:.0f} MB |",
             f"| RSS slope over the second half | {slope_mb_per_min(half):+.1f} MB/min |",
-            f"| open fds at start / end | {start_fds} / {end_fds} |",
+            f"| open fds at start / 1st quarter / half / max / end | {start_fds} / "
+            f"{fd_at(elapsed / 4)} / {fd_at(elapsed / 2)} / {max(f for _, _, f in samples)} / "
+            f"{end_fds} |",
             f"| temp files left in the spool | {len(temps)} |",
             f"| analysis backlog at the end (queued+running jobs, 1 worker) | {backlog} |"]
     print("\n".join(rows))
