@@ -133,6 +133,9 @@ class RouteRule:
 DEFAULT_ROUTES: tuple[RouteRule, ...] = (
     RouteRule(analyzer="earl", modalities=("PT",)),
     RouteRule(analyzer="motion", modalities=("CT",), manufacturer="scanco"),
+    # CT volumes a site tags as HR-pQCT (another vendor, or a re-export)
+    RouteRule(analyzer="motion", modalities=("CT",),
+              series_description=r"hr-?\s*p?qct|xtreme\s*ct"),
     # an empty Body Part Examined routes too: the analyzer then decides from ViewPosition
     RouteRule(analyzer="chest", modalities=("CR", "DX"), body_part=r"chest|thorax|lung|^$"),
     RouteRule(

@@ -51,6 +51,25 @@ HEADER_CNN_DISAGREEMENT = qcd_code("HDRCNNDISAGREE", "Header/CNN disagreement")
 SUV_UNAVAILABLE = qcd_code("SUVUNAVAIL", "SUV unavailable")
 NOT_APPLICABLE = qcd_code("NOTAPPLICABLE", "Analysis not applicable")
 
+# --- motion (HR-pQCT) -----------------------------------------------------------------
+MOTION_ASSESSMENT = qcd_code("MOTIONASSESS", "HR-pQCT motion assessment")
+MOTION_GRADE = qcd_code("MOTIONGRADE", "Motion grade (1-5)")
+RESCAN_RECOMMENDED = qcd_code("RESCAN", "Rescan recommended")
+MOTION_REVIEW = qcd_code("MOTIONREVIEW", "Motion grade needs operator review")
+MOTION_ESTIMATE = qcd_code("MOTIONEST", "Periosteal streak index")
+
+# --- chest radiograph flags -------------------------------------------------------------
+CHEST_ASSESSMENT = qcd_code("CHESTFLAGS", "Chest radiograph anomaly flags")
+URGENT = qcd_code("URGENT", "Urgent finding for operator alert")
+
+# --- left atrium -------------------------------------------------------------------------
+LA_ASSESSMENT = qcd_code("LAASSESS", "Left atrium assessment")
+LA_VOLUME = codes.SCT.Volume                                      # 118565006
+LA_VOLUME_INDEX = qcd_code("LAVI", "Left atrial volume index")
+LAVI_BAND = qcd_code("LAVIBAND", "LAVI band (ASE/EACVI 2015)")
+LAVI_UNAVAILABLE = qcd_code("LAVIUNAVAIL", "LA volume index unavailable")
+LA_NOT_FOUND = qcd_code("LANOTFOUND", "Left atrium not found")
+
 # --- header evidence ------------------------------------------------------------------
 HEADER_EXPECTATION = qcd_code("HDREXPECT", "Header-based EARL expectation")
 EARL1_LIKE = qcd_code("EARL1LIKE", "EARL1-like reconstruction header")
@@ -67,6 +86,11 @@ PIXEL_SPACING = codes.DCM.VerticalPixelSpacing                    # 111066 (row 
 
 # --- generic values -------------------------------------------------------------------
 YES = codes.SCT.Yes                                               # 373066001
+NO = codes.SCT.No                                                 # 373067005
+NORMAL = codes.SCT.Normal                                         # 17621005
+MILD = codes.SCT.Mild                                             # 255604002
+MODERATE = codes.SCT.Moderate                                     # 6736007
+SEVERE = codes.SCT.Severe                                         # 24484000
 UNKNOWN = codes.SCT.Unknown                                       # 261665006
 
 # --- algorithm identification and SEG ------------------------------------------------
@@ -80,6 +104,8 @@ MILLIMETER = codes.UCUM.Millimeter
 MILLILITER = _ucum("ml", "milliliter")
 ITERATIONS_UNIT = _ucum("{iterations}", "iterations")
 SUBSETS_UNIT = _ucum("{subsets}", "subsets")
+GRADE_UNIT = _ucum("{grade}", "grade")
+MILLILITER_PER_M2 = _ucum("ml/m2", "milliliter per square meter")
 
 
 @dataclass(frozen=True)
@@ -152,6 +178,37 @@ CODE_TABLE: tuple[CodeRow, ...] = (
     CodeRow(PROCESSING_EQUIPMENT, "Purpose of reference of the Contributing Equipment item "
             "that names the model (IHE AIR)."),
     CodeRow(ANATOMICAL_STRUCTURE, "Default Segmented Property Category of qcd SEG segments."),
+    CodeRow(MOTION_ASSESSMENT, "Finding type of the `motion` analyzer's measurement group."),
+    CodeRow(MOTION_GRADE, "Measurement ({grade}): HR-pQCT motion grade 1-5 (Whittier 2020 "
+            "scale: 1 no visible motion ... 5 severe streaks) from the ordinal CNN."),
+    CodeRow(RESCAN_RECOMMENDED, "Qualitative evaluation: SCT Yes when the grade reaches the "
+            "rescan threshold (default 4), SCT No otherwise."),
+    CodeRow(MOTION_REVIEW, "Text answer: why the motion grade should be reviewed by an "
+            "operator (low confidence, or borderline between 3 and 4)."),
+    CodeRow(MOTION_ESTIMATE, "Measurement (1): image-based periosteal streak index reported "
+            "beside the CNN (higher = more streaking)."),
+    CodeRow(CHEST_ASSESSMENT, "Finding type of the `chest` analyzer's measurement group; "
+            "each `chest_<label>` probability has an automatic code (see below)."),
+    CodeRow(URGENT, "Text answer: the chest labels that fired and are urgent "
+            "(e.g. Pneumothorax); raises an operator alert."),
+    CodeRow(LA_ASSESSMENT, "Finding type of the `atrium` analyzer's measurement group; it "
+            "references segment 1 (Left atrium) of the SEG."),
+    CodeRow(LA_VOLUME, "Measurement (ml): left-atrial volume from the segmentation and the "
+            "real voxel spacing."),
+    CodeRow(LA_VOLUME_INDEX, "Measurement (ml/m2): LA volume / body surface area (Mosteller, "
+            "from PatientSize and PatientWeight)."),
+    CodeRow(LAVI_BAND, "Qualitative evaluation: ASE/EACVI 2015 band of the LAVI, value SCT "
+            "Normal (<= 34), Mild (35-41), Moderate (42-48) or Severe (> 48 ml/m2)."),
+    CodeRow(LAVI_UNAVAILABLE, "Text answer: why no LA volume index was computed (height or "
+            "weight missing)."),
+    CodeRow(LA_NOT_FOUND, "Text answer: the segmentation found no left atrium."),
+    CodeRow(NO, "Value of yes/no evaluations that are false (rescan not recommended)."),
+    CodeRow(NORMAL, "LAVI band value: normal."),
+    CodeRow(MILD, "LAVI band value: mildly enlarged."),
+    CodeRow(MODERATE, "LAVI band value: moderately enlarged."),
+    CodeRow(SEVERE, "LAVI band value: severely enlarged."),
+    CodeRow(GRADE_UNIT, "UCUM annotation unit of the motion grade."),
+    CodeRow(MILLILITER_PER_M2, "Unit of the LA volume index."),
     CodeRow(NO_UNITS, "Unit of probabilities and other dimensionless measurements."),
     CodeRow(MILLIMETER, "Unit of lengths (filter FWHM, slice thickness, pixel spacing)."),
     CodeRow(MILLILITER, "Unit of volumes."),
@@ -168,10 +225,21 @@ CONCEPTS: Mapping[str, Code] = {
     "suv_unavailable": SUV_UNAVAILABLE,
     "not_applicable": NOT_APPLICABLE,
     "header_evidence": HEADER_EXPECTATION,
+    "motion_grade": MOTION_GRADE,
+    "rescan_recommended": RESCAN_RECOMMENDED,
+    "motion_review": MOTION_REVIEW,
+    "motion_estimate": MOTION_ESTIMATE,
+    "urgent": URGENT,
+    "la_volume": LA_VOLUME,
+    "la_volume_index": LA_VOLUME_INDEX,
+    "lavi_band": LAVI_BAND,
+    "la_volume_index_unavailable": LAVI_UNAVAILABLE,
+    "la_not_found": LA_NOT_FOUND,
 }
 """Finding name -> concept name; other names get :func:`code_from_name`."""
 
-ANALYSES: Mapping[str, Code] = {"earl": EARL_ASSESSMENT}
+ANALYSES: Mapping[str, Code] = {"earl": EARL_ASSESSMENT, "motion": MOTION_ASSESSMENT,
+                                "chest": CHEST_ASSESSMENT, "atrium": LA_ASSESSMENT}
 """Analyzer name -> finding type of its measurement group."""
 
 VALUES: Mapping[str, Code] = {
@@ -183,6 +251,13 @@ VALUES: Mapping[str, Code] = {
     "clinical-like": CLINICAL_LIKE,
     "unknown": UNKNOWN,
     "yes": YES,
+    "true": YES,
+    "no": NO,
+    "false": NO,
+    "normal": NORMAL,
+    "mild": MILD,
+    "moderate": MODERATE,
+    "severe": SEVERE,
 }
 """Finding ``value_text`` (case-insensitive) -> coded value; other texts are text answers."""
 
@@ -192,6 +267,8 @@ UNITS: Mapping[str, Code] = {
     "ml": MILLILITER,
     "{iterations}": ITERATIONS_UNIT,
     "{subsets}": SUBSETS_UNIT,
+    "{grade}": GRADE_UNIT,
+    "ml/m2": MILLILITER_PER_M2,
 }
 
 

@@ -5,6 +5,12 @@ the SR, write it durably under the outputs folder, enqueue one delivery per
 destination, then mark the job reported. The SR's UIDs are derived from (series,
 analyzer, generation), so a rebuild after a crash makes the same instance again and
 the PACS never receives two SRs for one analysis.
+
+When a finding carries a mask (:mod:`qcd.outputs.maskcodec`), a binary SEG of it is
+built first, with UIDs derived the same way (:func:`seg_uids`), written beside the
+SR and queued *before* it (the outbox sends in queue order), and the SR references
+it. A mask that no longer matches the stored instances is logged and skipped: the SR
+still goes out with the volume.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from qcd.db.engine import Database
 from qcd.db.models import Finding, Instance, Job, JobState, Series
 from qcd.metrics import Metrics
 from qcd.outputs.delivery import Destination, enqueue
+from qcd.outputs.maskcodec import is_mask_payload
+from qcd.outputs.seg import build_mask_seg
 from qcd.outputs.sr import FindingData, ModelInfo, build_sr
 from qcd.outputs.write import write_part10
 
@@ -32,6 +40,13 @@ def report_uids(series_uid: str, analyzer: str, generation: int) -> tuple[str, s
     key = [series_uid, analyzer, str(generation)]
     return (str(generate_uid(entropy_srcs=[*key, "qcd-sr-series"])),
             str(generate_uid(entropy_srcs=[*key, "qcd-sr"])))
+
+
+def seg_uids(series_uid: str, analyzer: str, generation: int) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of the SEG, stable across rebuilds."""
+    key = [series_uid, analyzer, str(generation)]
+    return (str(generate_uid(entropy_srcs=[*key, "qcd-seg-series"])),
+            str(generate_uid(entropy_srcs=[*key, "qcd-seg"])))
 
 
 class ReportBuilder:
@@ -97,9 +112,12 @@ class ReportBuilder:
             series_id = job.series_id
         sources = [pydicom.dcmread(self.spool_root / relpath, stop_before_pixels=True)
                    for _, relpath in sorted(newest.values(), key=lambda v: v[1])]
+        segmentation = self._segmentation(sources, findings, model, study_uid, series_id,
+                                          series_uid, analyzer, generation)
         sr_series, sr_sop = report_uids(series_uid, analyzer, generation)
         dataset = build_sr(sources, findings, analyzer=analyzer, model=model,
-                           series_instance_uid=sr_series, sop_instance_uid=sr_sop)
+                           series_instance_uid=sr_series, sop_instance_uid=sr_sop,
+                           segmentation=segmentation)
         path = self.outputs_root / study_uid / sr_series / f"{sr_sop}.dcm"
         write_part10(dataset, path)
         relpath = path.relative_to(self.outputs_root).as_posix()  # the worker resolves it
@@ -113,3 +131,25 @@ class ReportBuilder:
         LOGGER.info("SR %s for job %d (%s) stored; %d delivery(ies) queued", sr_sop, job_id,
                     analyzer, len(self.destinations))
         return 1
+
+    def _segmentation(self, sources: Sequence[pydicom.Dataset], findings: Sequence[FindingData],
+                      model: ModelInfo | None, study_uid: str, series_id: int, series_uid: str,
+                      analyzer: str, generation: int) -> pydicom.Dataset | None:
+        """Build, store and queue the SEG of the job's mask finding; None when there is none."""
+        mask = next((f for f in findings if is_mask_payload(f.payload)), None)
+        if mask is None:
+            return None
+        seg_series, seg_sop = seg_uids(series_uid, analyzer, generation)
+        try:
+            seg = build_mask_seg(sources, mask.payload, algorithm=model or ModelInfo(
+                analyzer, "", ""), series_instance_uid=seg_series, sop_instance_uid=seg_sop)
+        except ValueError:
+            LOGGER.exception("no SEG for series %s (%s): the mask finding does not fit the "
+                             "stored instances", series_uid, analyzer)
+            return None
+        path = self.outputs_root / study_uid / seg_series / f"{seg_sop}.dcm"
+        write_part10(seg, path)
+        enqueue(self.db, series_id, "SEG", seg_sop, path.relative_to(self.outputs_root)
+                .as_posix(), self.destinations)
+        LOGGER.info("SEG %s for series %s (%s) stored", seg_sop, series_uid, analyzer)
+        return seg

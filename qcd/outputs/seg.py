@@ -8,19 +8,26 @@ full stack, zeros included, in the order of the sources given to it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 import qcd
 from qcd.outputs import codes as qc
+from qcd.outputs.maskcodec import decode_mask
 from qcd.outputs.sr import MANUFACTURER, UNKNOWN_VERSION, ModelInfo
 
 SERIES_DESCRIPTION = "QCD segmentation - machine generated, not for primary diagnosis"
 SEGMENT_NUMBER = 1
+SEGMENTS: Mapping[str, tuple[str, Code]] = {
+    "left_atrium": ("Left atrium", codes.SCT.LeftAtrium),         # SCT 82471001
+}
+"""Segment keys a mask finding may name -> (Segment Label, Segmented Property Type)."""
 
 
 def build_seg(
@@ -118,6 +125,44 @@ def build_seg(
         # an all-empty mask keeps its frames (highdicom would revert with a warning)
         omit_empty_frames=bool(mask.any()),
     )
+
+
+def build_mask_seg(
+    sources: Sequence[Dataset],
+    payload: Mapping[str, Any],
+    *,
+    algorithm: ModelInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int = 902,
+) -> Dataset:
+    """The SEG of a mask finding (payload format: :mod:`qcd.outputs.maskcodec`).
+
+    ``sources`` may come in any order (headers suffice): frames follow the payload's
+    ``sop_instance_uids``, which is the slice order the analyzer segmented in.
+
+    Raises
+    ------
+    ValueError
+        An unknown segment key, a mask that does not decode or does not match its
+        UID list, or a UID that is not among ``sources``.
+    """
+    key = str(payload.get("segment", ""))
+    if key not in SEGMENTS:
+        raise ValueError(f"segment {key!r} is unknown; known: {', '.join(SEGMENTS)}")
+    label, code = SEGMENTS[key]
+    uids = [str(u) for u in payload["sop_instance_uids"]]
+    mask = decode_mask(payload["mask"])
+    if mask.ndim != 3 or mask.shape[0] != len(uids):
+        raise ValueError(f"mask {mask.shape} does not have one frame per UID ({len(uids)})")
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    missing = [u for u in uids if u not in by_uid]
+    if missing:
+        raise ValueError(f"{len(missing)} masked instance(s) are not among the sources "
+                         f"(first {missing[0]})")
+    return build_seg([by_uid[u] for u in uids], mask, label=label, property_code=code,
+                     algorithm=algorithm, series_instance_uid=series_instance_uid,
+                     sop_instance_uid=sop_instance_uid, series_number=series_number)
 
 
 def read_seg_mask(ds: Dataset, sources: Sequence[Dataset]) -> np.ndarray:

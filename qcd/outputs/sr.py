@@ -13,7 +13,12 @@ Content, one TID 1501 measurement group per kind of finding:
   knows the text and a TEXT answer otherwise (TID 1501 row 12 allows coded questions
   with text answers; highdicom has no class for that, see :func:`_text_answer`);
 * ``header_evidence``: what the header says about the reconstruction, in its own
-  group, since rules and not the CNN produced it.
+  group, since rules and not the CNN produced it;
+* a mask finding (:func:`qcd.outputs.maskcodec.is_mask_payload`) is not rendered as
+  content: its SEG is. When the SEG is given, the model group becomes a TID 1411
+  volumetric ROI group that references segment 1 of the SEG (finding type = the
+  segmented property, e.g. SCT Left atrium), so the LA volume is tied to its mask,
+  and the SEG is listed as evidence.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pydicom.sr.coding import Code
 import qcd
 from qcd.analyzers.base import Finding
 from qcd.outputs import codes as qc
+from qcd.outputs.maskcodec import is_mask_payload
 
 SERIES_DESCRIPTION = "QCD QC report - machine generated, not for primary diagnosis"
 MANUFACTURER = "qcd"
@@ -107,6 +113,7 @@ def build_sr(
     sop_instance_uid: str,
     series_number: int = 901,
     institution: str | None = None,
+    segmentation: Dataset | None = None,
 ) -> Dataset:
     """Build the TID 1500 report of one analyzer run on one series.
 
@@ -128,6 +135,9 @@ def build_sr(
         Series Number of the SR series.
     institution : str | None
         Institution Name to record, if any.
+    segmentation : pydicom.Dataset | None
+        The SEG made from the findings' mask, if any: referenced by the model's
+        measurement group (segment 1) and listed as evidence.
 
     Returns
     -------
@@ -148,7 +158,7 @@ def build_sr(
     if not findings:
         raise ValueError("build_sr needs at least one finding")
 
-    groups = _groups(findings, analyzer, model, sop_instance_uid)
+    groups = _groups(findings, analyzer, model, sop_instance_uid, segmentation)
     observer = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
@@ -167,7 +177,7 @@ def build_sr(
     )
     equipment = [] if model is None else [model.contributing_equipment()]
     return hd.sr.Comprehensive3DSR(
-        evidence=list(sources),
+        evidence=list(sources) + ([segmentation] if segmentation is not None else []),
         content=report,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -188,18 +198,22 @@ def build_sr(
 
 def _groups(
     findings: Sequence[FindingData], analyzer: str, model: ModelInfo | None, sop_uid: str,
-) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    main = [f for f in findings if f.name not in _HEADER_FINDINGS]
+    segmentation: Dataset | None = None,
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations
+          | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    main = [f for f in findings
+            if f.name not in _HEADER_FINDINGS and not is_mask_payload(f.payload)]
     header = [f for f in findings if f.name in _HEADER_FINDINGS]
-    groups = []
-    if main:
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations
+                 | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = []
+    if main or segmentation is not None:
         algorithm = None if model is None else hd.sr.AlgorithmIdentification(
             name=model.name, version=model.version or UNKNOWN_VERSION,
             parameters=[f"weights sha256={model.sha256 or 'unknown'}",
                         f"device UID={model.uid()}"],
             family=qc.ARTIFICIAL_INTELLIGENCE, manufacturer=MANUFACTURER)
         groups.append(_group(main, analyzer, qc.analysis_for(analyzer), algorithm,
-                             sop_uid))
+                             sop_uid, segmentation))
     if header:
         algorithm = hd.sr.AlgorithmIdentification(
             name=f"qcd {analyzer} header reader", version=qcd.__version__,
@@ -212,7 +226,9 @@ def _groups(
 def _group(
     findings: Sequence[FindingData], identifier: str, finding_type: Code,
     algorithm: hd.sr.AlgorithmIdentification | None, sop_uid: str,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    segmentation: Dataset | None = None,
+) -> (hd.sr.MeasurementsAndQualitativeEvaluations
+      | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations):
     measurements: list[hd.sr.Measurement] = []
     evaluations: list[hd.sr.QualitativeEvaluation] = []
     texts: list[hd.sr.TextContentItem] = []
@@ -227,17 +243,50 @@ def _group(
             _text_value(concept, f.value_text, evaluations, texts)
         if f.value_num is None and f.value_text is None:
             evaluations.append(hd.sr.QualitativeEvaluation(concept, qc.YES))
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid("tracking", sop_uid, identifier), identifier=identifier[:64]),
-        finding_type=finding_type,
-        algorithm_id=algorithm,
-        measurements=measurements or None,
-        qualitative_evaluations=evaluations or None,
-    )
+    tracking = hd.sr.TrackingIdentifier(
+        uid=derived_uid("tracking", sop_uid, identifier), identifier=identifier[:64])
+    group: (hd.sr.MeasurementsAndQualitativeEvaluations
+            | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)
+    if segmentation is None:
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            finding_type=finding_type,
+            algorithm_id=algorithm,
+            measurements=measurements or None,
+            qualitative_evaluations=evaluations or None,
+        )
+    else:
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_segment=_referenced_segment(segmentation),
+            finding_type=_segment_property(segmentation) or finding_type,
+            algorithm_id=algorithm,
+            measurements=measurements or None,
+            qualitative_evaluations=evaluations or None,
+        )
     for item in texts:
         _text_answer(group, item)
     return group
+
+
+def _referenced_segment(seg: Dataset) -> hd.sr.ReferencedSegment:
+    """Segment 1 of ``seg``, built by hand (``from_segmentation`` fails on one segment in
+    highdicom 0.28, RECIPES pitfall 5)."""
+    source_series = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
+        segment_number=1,
+        source_series=hd.sr.SourceSeriesForSegmentation(source_series))
+
+
+def _segment_property(seg: Dataset) -> hd.sr.CodedConcept | None:
+    """The Segmented Property Type of segment 1 (e.g. SCT Left atrium), if recorded."""
+    try:
+        item = seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0]
+    except (AttributeError, IndexError):
+        return None
+    return hd.sr.CodedConcept(str(item.CodeValue), str(item.CodingSchemeDesignator),
+                              str(item.CodeMeaning))
 
 
 def _measurement(concept: Code, value: float, unit: Code, what: str) -> hd.sr.Measurement:
@@ -283,7 +332,8 @@ def _header_content(f: FindingData, measurements: list[hd.sr.Measurement],
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
 
 
-def _text_answer(group: hd.sr.MeasurementsAndQualitativeEvaluations,
+def _text_answer(group: hd.sr.MeasurementsAndQualitativeEvaluations
+                 | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations,
                  item: hd.sr.TextContentItem) -> None:
     """Append a TEXT qualitative evaluation (TID 1501 row 12, a coded question with a
     text answer) to a measurement group.

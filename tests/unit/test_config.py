@@ -17,7 +17,8 @@ def test_defaults_are_embedded() -> None:
     assert s == Settings()
     assert s.database.url.startswith("sqlite:///")
     assert s.ingest.port == 11112
-    assert [r.analyzer for r in s.routing.rules] == ["earl", "motion", "chest", "atrium"]
+    assert [r.analyzer for r in s.routing.rules] == ["earl", "motion", "motion", "chest",
+                                                         "atrium"]
 
 
 def test_file_then_environment_override(tmp_path: Path) -> None:

@@ -193,19 +193,19 @@ def test_not_applicable_without_model(sources: list[Dataset], tmp_path: Path) ->
 def test_unknown_findings_fall_back_to_private_codes(sources: list[Dataset],
                                                      tmp_path: Path) -> None:
     findings = [
-        FindingData("motion_grade", value_num=4, unit="{grade}"),
+        FindingData("bone_grade", value_num=4, unit="{grade}"),
         FindingData("rescan", value_text="yes"),
         FindingData("la_volume_index_per_body_surface", value_num=41.5, unit="ml/m2"),
     ]
-    sr = build_sr(sources, findings, analyzer="motion", model=MODEL,
+    sr = build_sr(sources, findings, analyzer="bonescan", model=MODEL,
                   series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
     _, (main,) = groups(write_part10(sr, tmp_path / "sr.dcm"))
-    assert main.finding_type == qc.code_from_name("motion analysis")
+    assert main.finding_type == qc.code_from_name("bonescan analysis")
     values = {m.name.value: (m.name.scheme_designator, m.value, m.unit.value)
               for m in main.get_measurements()}
     long = qc.code_from_name("la_volume_index_per_body_surface")
     assert len(long.value) == 16 and long.value != qc.code_from_name("la_volume_index_other").value
-    assert values == {"MOTION_GRADE": ("99QCD", 4.0, "{grade}"),
+    assert values == {"BONE_GRADE": ("99QCD", 4.0, "{grade}"),
                       long.value: ("99QCD", 41.5, "ml/m2")}
     assert evaluation(main, qc.code_from_name("rescan")) == qc.YES
 

@@ -1,0 +1,1 @@
+"""Simulation, training, real-data reading and demo series for the ``motion`` analyzer."""
