@@ -98,15 +98,14 @@ def test_storescu_pushes_500_instances_over_4_associations(
         counts = dict(s.execute(select(Series.series_description, Series.instance_count)).all())
     assert counts == {spec.description: spec.count for spec in DEFAULT_STUDY}
     assert jobs == [
-        ("Cardiac LA 3D bSSFP", "atrium", JobState.UNAVAILABLE),
-        ("Chest PA", "chest", JobState.UNAVAILABLE),
+        ("Cardiac LA 3D bSSFP", "atrium", JobState.QUEUED),
+        ("Chest PA", "chest", JobState.QUEUED),
         ("PET WB FDG", "earl", JobState.QUEUED),
         ("PET WB JPEG-LS", "earl", JobState.QUEUED),
     ]
     body = _metrics(daemon)
     assert 'qcd_instances_received_total{calling_ae="SCANNER1",modality="CT"} 260.0' in body
-    assert 'qcd_jobs{state="UNAVAILABLE"} 2.0' in body
-    assert 'qcd_jobs{state="QUEUED"} 2.0' in body
+    assert 'qcd_jobs{state="QUEUED"} 4.0' in body
     for phi in ("QCD^DEMO", "QCD-DEMO-0001", "19700101"):  # planted patient data
         assert phi not in body and phi not in caplog.text
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def _input(spec: dict[str, Any]) -> str:
+    channels = int(spec["input"]["channels"])
+    return ("one slice at a time (plain 2D input)" if channels == 1 else
+            f"2.5D input ({channels} adjacent slices)")
+
+
 def model_card(spec: dict[str, Any]) -> str:
     real = "held_out_real" in spec["metrics"]
     m = spec["metrics"]["held_out_real" if real else "held_out_simulated"]
@@ -41,8 +47,8 @@ proximal pulmonary veins and appendage trunk, so the index is biased high agains
 
 ## Model
 2D U-Net ({spec['architecture']}, base {spec['base_channels']} channels, four down /
-bottleneck / four up double 3x3 convolutions with batch norm and ReLU) on 2.5D input
-({spec['input']['channels']} adjacent slices) resampled in-plane to
+bottleneck / four up double 3x3 convolutions with batch norm and ReLU) on {_input(spec)}
+resampled in-plane to
 {spec['input']['grid_mm']} mm; intensity = {spec['input']['normalisation']}.
 Post-processing: threshold {post['threshold']}, closing {post['closing_mm']} mm, slices
 under {post['min_slice_mm2']} mm2 cleared, largest 3D component. Preprocessing version

@@ -103,3 +103,29 @@ def write_case(out_dir: str | Path, seed: int, *, config: SimConfig = DEMO_CONFI
         paths.append(path)
     order = rng.permutation(nz)
     return DemoCase([paths[i] for i in order], label, case.spacing, case.params)
+
+
+def write_demo_series(out: Path, seed: int = 7) -> tuple[list[Path], str]:
+    """One demo volume for ``tests/bench/bench_latency.py --analyzer atrium``."""
+    case = write_case(out, seed)
+    lavi = case.params.get("lavi_ml_m2")
+    what = (f"{len(case.paths)} slices of {DEMO_CONFIG.sizes[0]}x{DEMO_CONFIG.sizes[0]} at "
+            f"{case.spacing[0]:.2f} mm, simulated cardiac MR"
+            + (f" (LAVI {float(lavi):.0f} ml/m2)" if lavi is not None else ""))
+    return case.paths, what
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    paths, what = write_demo_series(args.out, args.seed)
+    print(f"wrote {what} to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -110,6 +110,12 @@ def write_study(out: Path, labels: list[str], seed: int,
     return paths
 
 
+def write_demo_series(out: Path, seed: int = 7) -> tuple[list[Path], str]:
+    """One PA radiograph with a pneumothorax, for ``bench_latency.py --analyzer chest``."""
+    paths = write_study(out, ["Pneumothorax"], seed)
+    return [paths["pa"]], "one simulated PA chest radiograph (pneumothorax), 320x264"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", type=Path)
