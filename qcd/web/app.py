@@ -380,7 +380,7 @@ class Dashboard:
             data = records.study(self.read, study_uid) or {"series": []}
             findings = [f for s in data["series"] if s["series_uid"] == series_uid
                         for f in s["findings"]]
-            png = encode_png(draw_contour(image, contour_points(findings, int(index))))
+            png = encode_png(draw_contour(image, *contour_points(findings, int(index))))
         else:
             png = encode_png(image)
         return Response(200, png, "image/png")

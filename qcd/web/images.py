@@ -7,7 +7,8 @@ the UI knowing them:
   analyzer's grid from the volume's first column;
 - ``key_slices``, ``slices`` or ``slice_indices``: axial slice indices (motion, atrium);
 - ``contour``: ``{"slice": k, "points": [[row, col], ...]}`` drawn in red on axial
-  slice ``k`` (e.g. the LA outline);
+  slice ``k`` as a closed polyline, or pixel by pixel with ``"closed": false`` (an
+  unordered outline such as the boundary of the LA segmentation);
 - otherwise the middle axial slice.
 
 PNG is written with zlib alone (no imaging library), windowed on the 1st-99.5th
@@ -78,13 +79,16 @@ def _ints(value: Any) -> list[int]:
     return [int(v) for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
-def contour_points(findings: Sequence[Mapping[str, Any]], index: int) -> list[tuple[int, int]]:
+def contour_points(findings: Sequence[Mapping[str, Any]],
+                   index: int) -> tuple[list[tuple[int, int]], bool]:
+    """The contour drawn on axial slice ``index``, and whether it is a closed polyline."""
     for f in findings:
         contour = (f.get("payload") or {}).get("contour")
         if isinstance(contour, Mapping) and contour.get("slice") == index:
-            return [(int(p[0]), int(p[1])) for p in contour.get("points", [])
-                    if isinstance(p, (list, tuple)) and len(p) == 2]
-    return []
+            return ([(int(p[0]), int(p[1])) for p in contour.get("points", [])
+                     if isinstance(p, (list, tuple)) and len(p) == 2],
+                    contour.get("closed", True) is not False)
+    return [], True
 
 
 def plane(volume: np.ndarray, kind: str, index: int) -> np.ndarray:
@@ -114,10 +118,18 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip((image - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
-def draw_contour(gray: np.ndarray, points: Sequence[tuple[int, int]]) -> np.ndarray:
-    """RGB copy of ``gray`` with a closed red polyline through ``points``."""
+def draw_contour(gray: np.ndarray, points: Sequence[tuple[int, int]],
+                 closed: bool = True) -> np.ndarray:
+    """RGB copy of ``gray`` with ``points`` in red: a closed polyline through them, or,
+    with ``closed=False``, the points themselves (an outline given pixel by pixel, e.g.
+    the boundary of a segmentation, which has no natural order)."""
     rgb = np.repeat(gray[:, :, None], 3, axis=2)
     h, w = gray.shape
+    if not closed:
+        for r, c in points:
+            if 0 <= r < h and 0 <= c < w:
+                rgb[r, c] = (255, 0, 0)
+        return rgb
     for (r0, c0), (r1, c1) in zip(points, [*points[1:], *points[:1]], strict=False):
         n = max(abs(r1 - r0), abs(c1 - c0), 1)
         rr = np.clip(np.round(np.linspace(r0, r1, n + 1)).astype(int), 0, h - 1)

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.bench.report import machine, write_section  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.integration.dcmtk import pynetdicom_echo  # noqa: E402
 
 SeriesMaker = Callable[[Path], tuple[list[Path], str]]
 
@@ -123,15 +124,7 @@ def _echo(port: int, real: bool) -> bool:
     if real:
         return subprocess.run(["echoscu", "-aec", "QCD", "127.0.0.1", str(port)],
                               capture_output=True).returncode == 0
-    from pynetdicom import AE
-    ae = AE(ae_title="BENCH")
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", port, ae_title="QCD")
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return bool(status) and status.Status == 0
+    return pynetdicom_echo(port, aet="BENCH")
 
 
 def _push(port: int, files: Sequence[Path], real: bool) -> None:

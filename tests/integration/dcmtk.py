@@ -105,3 +105,18 @@ def jpeg_baseline(path: Path) -> None:
     tmp = path.with_suffix(".jpg.dcm")
     subprocess.run(["dcmcjpeg", "+eb", str(path), str(tmp)], check=True, capture_output=True)
     tmp.replace(path)
+
+
+def pynetdicom_echo(port: int, aec: str = "QCD", aet: str = "PROBE", timeout: float = 5) -> bool:
+    """C-ECHO with pynetdicom (where dcmtk is absent, or to bound the timeouts)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=aet)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = ae.network_timeout = timeout
+    assoc = ae.associate("127.0.0.1", port, ae_title=aec)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and status.Status == 0

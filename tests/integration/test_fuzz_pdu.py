@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE
 
 from qcd.app import Daemon
 from tests.conftest import make_settings
+from tests.integration.dcmtk import pynetdicom_echo
 
 pytestmark = pytest.mark.integration
 
@@ -73,15 +73,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def echo_ok(port: int) -> bool:
-    ae = AE(ae_title="PROBE")
-    ae.add_requested_context(VERIFICATION)
-    ae.acse_timeout = ae.network_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title="QCD")
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return bool(status) and status.Status == 0
+    return pynetdicom_echo(port)
 
 
 def serves_again(port: int, within: float = 5.0) -> bool:

@@ -147,3 +147,18 @@ def test_nothing_segmented_reports_zero_and_no_mask(demo: DemoCase, tmp_path: Pa
         series(demo), bundle(tmp_path), OracleRuntime(np.zeros_like(demo.label)))}
     assert findings["la_volume"].value_num == 0
     assert "la_not_found" in findings and "la_mask" not in findings
+
+
+def test_outline_is_the_boundary_of_the_largest_slice() -> None:
+    from qcd.analyzers.atrium.analyzer import outline
+
+    yy, xx = np.mgrid[:40, :40]
+    disc = (yy - 20) ** 2 + (xx - 20) ** 2 <= 10 ** 2
+    mask = np.zeros((3, 40, 40), dtype=np.uint8)
+    mask[0, 18:22, 18:22] = 1
+    mask[1] = disc
+    got = outline(mask)
+    assert got["slice"] == 1 and got["closed"] is False
+    radii = [np.hypot(r - 20, c - 20) for r, c in got["points"]]
+    assert 9.0 <= min(radii) and max(radii) <= 10.0  # on the rim, none inside
+    assert 50 <= len(got["points"]) <= 80  # ~ 2 pi r boundary pixels

@@ -77,3 +77,10 @@ def test_la_summary() -> None:
     assert sum(s["histogram"]) == 4 and s["histogram"][-1] == 1 and s["histogram"][0] == 1
     assert la_summary([])["n"] == 0 and "median" not in la_summary([])
     assert la_summary([42.0])["median"] == 42.0
+
+
+def test_unordered_outline_is_drawn_pixel_by_pixel() -> None:
+    gray = np.zeros((10, 10), dtype=np.uint8)
+    rgb = draw_contour(gray, [(1, 1), (8, 8), (20, 3)], closed=False)
+    red = {(int(r), int(c)) for r, c in zip(*np.nonzero(rgb[:, :, 0] == 255), strict=True)}
+    assert red == {(1, 1), (8, 8)}  # no line between them; out-of-image points ignored

@@ -87,6 +87,21 @@ def postprocess_settings(spec: dict[str, Any]) -> PostprocessSettings:
         min_slice_mm2=float(given.get("min_slice_mm2", default.min_slice_mm2)))
 
 
+def outline(mask: np.ndarray) -> dict[str, Any]:
+    """The LA boundary on the slice where it is largest, for the dashboard's key image.
+
+    Boundary = mask pixels with a 4-neighbour outside the mask, given pixel by pixel
+    (``closed: false``): exact for any shape, no ordering needed.
+    """
+    k = int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
+    m = mask[k].astype(bool)
+    padded = np.pad(m, 1)
+    inner = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    rows, cols = np.nonzero(m & ~inner)
+    return {"slice": k, "closed": False,
+            "points": [[int(r), int(c)] for r, c in zip(rows, cols, strict=True)]}
+
+
 class AtriumAnalyzer:
     """2D U-Net per slice (2.5D input) + 3D clean-up; volume from the real voxel spacing."""
 
@@ -141,7 +156,8 @@ class AtriumAnalyzer:
             payload={"method": "sum of segmented voxels x voxel volume",
                      "spacing_mm": list(spacing), "voxels": int(mask.sum()),
                      "slices_with_la": [slices[0], slices[-1]] if slices else [],
-                     "label": LABEL_CONVENTION, "modality": "MR"})]
+                     "label": LABEL_CONVENTION, "modality": "MR",
+                     **({"contour": outline(mask)} if slices else {})})]
         if not slices:
             return findings + [Finding("la_not_found", value_text="no left atrium segmented")]
         size = body_size(volume.first.get("PatientSize"), volume.first.get("PatientWeight"))
