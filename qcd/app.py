@@ -93,7 +93,7 @@ class Daemon:
         self.http: HealthServer | None = None
         self.dashboard: Dashboard | None = None
         if settings.http.enabled:
-            dashboard = (Dashboard(self.db, self.spool.root, settings.http)
+            dashboard = (Dashboard(self.db, self.spool.root, settings.http, self.service)
                          if settings.http.dashboard else None)
             self.dashboard = dashboard
             self.metrics.watch_quality(
@@ -107,6 +107,7 @@ class Daemon:
                     "spool_floor": lambda: self.spool.free_bytes() >= self.spool.min_free_bytes,
                 },
                 app=dashboard.handle if dashboard is not None else None,
+                body_limit=dashboard.body_limit if dashboard is not None else None,
             )
         self._stop = threading.Event()
 

@@ -194,6 +194,10 @@ class HttpSettings:
     viewer_url_template: str = ""
     """PACS viewer link, e.g. ``https://pacs/viewer?StudyInstanceUIDs={study_uid}``;
     ``{study_uid}`` and ``{series_uid}`` are filled in; empty = no links."""
+    stow_enabled: bool = False
+    """Accept STOW-RS pushes (``POST /dicom-web/studies``) from operators into the spool."""
+    stow_max_bytes: int = 256 * 1024 * 1024
+    """Largest STOW-RS request body accepted (larger: 413)."""
 
 
 @dataclass(frozen=True)
@@ -436,6 +440,7 @@ def _validate(s: Settings) -> None:
     need(s.http.proxy_default_role in ("viewer", "operator"), "http.proxy_default_role",
          "viewer, operator", s.http.proxy_default_role)
     need(s.http.session_hours > 0, "http.session_hours", "hours > 0", s.http.session_hours)
+    need(s.http.stow_max_bytes > 0, "http.stow_max_bytes", "bytes > 0", s.http.stow_max_bytes)
     for net in s.http.proxy_trusted_networks:
         try:
             ipaddress.ip_network(net, strict=False)

@@ -8,20 +8,24 @@ institutions and stations only, never patient data (qcd stores none).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import logging
 import secrets
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from qcd.audit import report
+from qcd.audit.query import AuditFilters
+from qcd.audit.resolution import BAND_FWHM_MM
 from qcd.config import HttpSettings
 from qcd.db.engine import Database
-from qcd.web import aggregates, records, svg
+from qcd.web import aggregates, records, stow, svg
 from qcd.web.auth import Authenticator, Principal, csrf_ok
 from qcd.web.images import (
     SAGITTAL_MM_KEYS,
@@ -32,10 +36,14 @@ from qcd.web.images import (
     key_images,
     to_uint8,
 )
+from qcd.web.http import MAX_BODY
 from qcd.web.images import plane as take_plane
 from qcd.web.openapi import openapi
 from qcd.web.readdb import reader
 from qcd.web.routing import Request, Response, Router
+
+if TYPE_CHECKING:
+    from qcd.ingest.service import IngestService
 
 LOGGER = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -67,8 +75,11 @@ def val(value: object) -> str:
 class Dashboard:
     """Turns a :class:`Request` into a :class:`Response`; stateless apart from caches."""
 
-    def __init__(self, db: Database, spool_root: str | Path, settings: HttpSettings) -> None:
+    def __init__(self, db: Database, spool_root: str | Path, settings: HttpSettings,
+                 ingest: IngestService | None = None) -> None:
         self.db = db
+        self.ingest = ingest
+        """The C-STORE path, for STOW-RS (``[http] stow_enabled``); None: no STOW-RS."""
         """For the writes: sessions, acknowledgements."""
         self.read = reader(db)
         """For everything else (never takes SQLite's write lock)."""
@@ -106,6 +117,13 @@ class Dashboard:
         r.add("GET", "/api/alerts", self.api_alerts)
         r.add("POST", r"/api/alerts/(?P<alert_id>\d+)/ack", self.api_ack)
         r.add("GET", f"/api/studies/(?P<study_uid>{UID})", self.api_study)
+        r.add("GET", "/harmonisation", self.harmonisation_page)
+        r.add("GET", "/harmonisation.csv", self.harmonisation_csv)
+        r.add("GET", "/api/harmonisation", self.api_harmonisation)
+        r.add("GET", "/api/harmonisation.csv", self.harmonisation_csv)
+        if settings.stow_enabled and ingest is not None:
+            r.add("POST", "/dicom-web/studies", self.stow)
+            r.add("POST", f"/dicom-web/studies/(?P<study_uid>{UID})", self.stow)
 
     def close(self) -> None:
         if self.read is not self.db:
@@ -135,7 +153,7 @@ class Dashboard:
             return self._error(req, 500, "internal error (see the qcd log)")
 
     def _error(self, req: Request, status: int, message: str) -> Response:
-        if req.path.startswith("/api/"):
+        if req.path.startswith(("/api/", "/dicom-web/")):
             return Response.json({"error": message}, status)
         return Response.html(self.env.get_template("error.html").render(
             status=status, message=message, who=None), status)
@@ -384,6 +402,128 @@ class Dashboard:
         else:
             png = encode_png(image)
         return Response(200, png, "image/png")
+
+
+    # ------------------------------------------------------------------ STOW-RS
+
+    def body_limit(self, req: Request) -> int:
+        """Largest request body (the HTTP server asks before reading it): STOW-RS
+        uploads with credentials may reach ``stow_max_bytes``, everything else 64 KiB."""
+        if (self.ingest is None or not self.settings.stow_enabled or req.method != "POST"
+                or not req.path.startswith("/dicom-web/studies")):
+            return MAX_BODY
+        if not (req.headers.get("authorization") or req.cookies.get(SESSION_COOKIE)
+                or self.settings.auth == "proxy"):
+            return MAX_BODY  # unauthenticated uploads are not read in full
+        return self.settings.stow_max_bytes
+
+    def stow(self, req: Request, who: Principal, study_uid: str | None = None) -> Response:
+        if not csrf_ok(who, req.headers.get("x-csrf-token")):
+            return Response.json({"error": "missing or wrong X-CSRF-Token"}, 403)
+        if not who.can_operate:
+            return Response.json({"error": "only operators may store instances"}, 403)
+        if len(req.body) > self.settings.stow_max_bytes:
+            return Response.json({"error": "request body too large"}, 413)
+        assert self.ingest is not None  # the route exists only with an ingest service
+        try:
+            parts = stow.parse_multipart(req.headers.get("content-type", ""), req.body)
+        except stow.StowRequestError as exc:
+            return Response.json({"error": str(exc)}, exc.http_status)
+        results = stow.store_parts(self.ingest, parts, study_uid)
+        code, body = stow.response(results)
+        LOGGER.info("STOW-RS by web user: %d part(s), %d stored", len(results),
+                    sum(r.status == 0 for r in results))
+        resp = Response.json(body, code)
+        resp.content_type = stow.DICOM_JSON
+        return resp
+
+    # ------------------------------------------------------------------ harmonisation
+
+    def _audit_filters(self, req: Request) -> tuple[AuditFilters | None, dict[str, str]]:
+        q = req.query
+        given = {k: q[k] for k in ("from", "to", "site", "station") if q.get(k)}
+        if not given:
+            return None, {}
+        try:
+            start = dt.datetime.strptime(given["from"], "%Y-%m-%d").date() \
+                if "from" in given else None
+            end = dt.datetime.strptime(given["to"], "%Y-%m-%d").date() if "to" in given else None
+        except ValueError:
+            raise BadRequest("from/to: study dates as YYYY-MM-DD") from None
+        if start and end and end < start:
+            raise BadRequest("to is before from")
+        return AuditFilters(date_from=start, date_to=end, modality="",
+                            stations=(given["station"],) if "station" in given else (),
+                            institutions=(given["site"],) if "site" in given else ()), given
+
+    def _harmonisation(self, req: Request) -> tuple[list[report.SeriesRow],
+                                                    list[report.ScannerRow], dict[str, str]]:
+        filters, given = self._audit_filters(req)
+        series = report.series_rows(self.read, filters)
+        return series, report.scanner_rows(series), given
+
+    def api_harmonisation(self, req: Request, who: Principal) -> Response:
+        series, scanners, given = self._harmonisation(req)
+        data: dict[str, Any] = {"filters": given,
+                                "scanners": [dataclasses.asdict(r) for r in scanners],
+                                "derivation": harmonisation_method()}
+        if req.query.get("series") in ("1", "true", "yes"):
+            data["series"] = [dataclasses.asdict(r) for r in series]
+        return Response.json(data)
+
+    def harmonisation_csv(self, req: Request, who: Principal) -> Response:
+        series, scanners, _ = self._harmonisation(req)
+        rows: list[Any] = list(series if req.query.get("series") in ("1", "true", "yes")
+                               else scanners)
+        flat = [report._flat(r) for r in rows]
+        buf = io.StringIO()
+        if flat:
+            writer = csv.DictWriter(buf, fieldnames=list(flat[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(flat)
+        name = "qcd-harmonisation-series.csv" if rows is series else "qcd-harmonisation.csv"
+        return Response(200, buf.getvalue().encode(), "text/csv; charset=utf-8",
+                        [("Content-Disposition", f'attachment; filename="{name}"')])
+
+    def harmonisation_page(self, req: Request, who: Principal) -> Response:
+        series, scanners, given = self._harmonisation(req)
+        non_compliant = [r for r in series if r.earl_class == "clinical"]
+        query = "&".join(f"{k}={quote(v)}" for k, v in given.items())
+        return self._page("harmonisation.html", who, scanners=scanners,
+                          series=non_compliant[:HARMONISATION_SERIES_SHOWN],
+                          n_non_compliant=len(non_compliant), given=given, query=query,
+                          classes=report.CLASSES, method=harmonisation_method())
+
+
+HARMONISATION_SERIES_SHOWN = 300
+"""Non-compliant series listed on the page (the CSV has them all)."""
+
+
+def harmonisation_method() -> dict[str, Any]:
+    """How the extra smoothing is derived (:mod:`qcd.audit.report`), for people and the API."""
+    return {
+        "r0_psf_mm": report.R0_PSF_MM,
+        "r0_no_psf_mm": report.R0_NO_PSF_MM,
+        "default_voxel_mm": report.DEFAULT_VOXEL_MM,
+        "band_fwhm_mm": {label: {f"{voxel:g}": list(rng) for voxel, rng in table.items()}
+                         for label, table in BAND_FWHM_MM.items()},
+        "steps": [
+            "Effective resolution: f_eff = sqrt(r0^2 + g^2), g = the post-filter FWHM in the "
+            "header (ConvolutionKernel), r0 = the assumed resolution of the unfiltered "
+            "reconstruction (3.5 mm with PSF, 4.5 mm without); no filter in the header: no "
+            "estimate.",
+            "Band resolution: sweeping a Gaussian PSF of FWHM f through the NEMA IEC phantom "
+            "model that labels the training data gives, per voxel size, the range "
+            "[t_lo, t_hi] whose recovery coefficients lie in the band (EARL2 with PSF "
+            "overshoot 0.15; both with noise COV 5 %).",
+            "Extra filter: an extra Gaussian of FWHM e gives sqrt(f_eff^2 + e^2), so the band "
+            "is reached for e in [sqrt(t_lo^2 - f_eff^2), sqrt(t_hi^2 - f_eff^2)]; the "
+            "recommendation aims at the band centre. Images already smoother than t_hi "
+            "cannot be brought into the band by smoothing.",
+            "Per scanner: the median recommendation over its series classed clinical "
+            "(non-compliant) that have a header-based estimate (extra_estimated).",
+        ],
+    }
 
 
 def _limit(req: Request, default: int) -> int:

@@ -24,6 +24,7 @@ LOGGER = logging.getLogger(__name__)
 
 Check = Callable[[], bool]
 App = Callable[[Request], Response]
+BodyLimit = Callable[[Request], int]
 MAX_BODY = 64 * 1024
 """Largest request body accepted (forms and JSON are small)."""
 
@@ -41,6 +42,9 @@ class HealthServer:
         Named checks; each returns True when fine (an exception counts as False).
     app
         The dashboard, for every other path (None: those answer 404).
+    body_limit
+        Largest body accepted for a request (given without its body); default
+        :data:`MAX_BODY` (STOW-RS uploads may be larger).
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class HealthServer:
         liveness: Mapping[str, Check],
         readiness: Mapping[str, Check],
         app: App | None = None,
+        body_limit: BodyLimit | None = None,
     ) -> None:
         routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
             "/metrics": lambda: (200, CONTENT_TYPE_LATEST, generate_latest(registry)),
@@ -80,11 +85,21 @@ class HealthServer:
                     self._send(404, [("Content-Type", "application/json")],
                                b'{"error": "not found"}')
                     return
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    self._send(411, [("Content-Type", "application/json")],
+                               b'{"error": "send a Content-Length (no chunked bodies)"}')
+                    self.close_connection = True
+                    return
                 try:
                     length = int(self.headers.get("Content-Length") or 0)
                 except ValueError:
                     length = -1
-                if not 0 <= length <= MAX_BODY:
+                limit = MAX_BODY
+                if body_limit is not None and length > MAX_BODY:
+                    limit = body_limit(Request.build(self.command, self.path,
+                                                     dict(self.headers.items()),
+                                                     client=str(self.client_address[0])))
+                if not 0 <= length <= limit:
                     self._send(413, [("Content-Type", "application/json")],
                                b'{"error": "request body too large"}')
                     self.close_connection = True

@@ -50,6 +50,37 @@ _ROW = {
     },
 }
 
+_HARMONISATION = [
+    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"},
+     "description": "First study date, inclusive."},
+    {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"},
+     "description": "Last study date, inclusive."},
+    {"name": "site", "in": "query", "schema": {"type": "string"},
+     "description": "InstitutionName (wildcards * and ?, case-insensitive)."},
+    {"name": "station", "in": "query", "schema": {"type": "string"},
+     "description": "StationName (wildcards * and ?, case-insensitive)."},
+    {"name": "series", "in": "query", "schema": {"enum": ["1"]},
+     "description": "Also list every series with its own derivation."},
+]
+_STOW = {
+    "summary": "STOW-RS: store Part 10 instances through the C-STORE path (operators; "
+               "only with [http] stow_enabled)",
+    "requestBody": {"required": True, "content": {
+        'multipart/related; type="application/dicom"': {}}},
+    "responses": {
+        "200": {"description": "All stored (ReferencedSOPSequence)",
+                "content": {"application/dicom+json": {}}},
+        "202": {"description": "Some refused: FailedSOPSequence, FailureReason = qcd's "
+                               "C-STORE status"},
+        "409": {"description": "None stored"},
+        "403": {"description": "Not an operator, or a session cookie without its "
+                               "X-CSRF-Token"},
+        "411": {"description": "Chunked body (send a Content-Length)"},
+        "413": {"description": "Body above stow_max_bytes"},
+        "415": {"description": "Not multipart/related; type=application/dicom"},
+        **_ERRORS},
+}
+
 
 def _get(summary: str, params: list[dict[str, Any]] | None = None,
          ok: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -126,6 +157,18 @@ def openapi() -> dict[str, Any]:
                                 "schema": _UID}],
                 "responses": {"200": _OK, "404": {"description": "No such study"},
                               **_ERRORS}}},
+            "/api/harmonisation": _get(
+                "EARL harmonisation report per site and scanner (qcd.audit.report): class "
+                "counts and shares, header evidence, median extra Gaussian FWHM to EARL1/EARL2 "
+                "for the non-compliant series, and how it is derived", _HARMONISATION),
+            "/api/harmonisation.csv": _get(
+                "The harmonisation report as CSV (the columns of `qcd audit --report`; "
+                "series=1: one line per series, as `--series-report`)", _HARMONISATION,
+                {"description": "CSV", "content": {"text/csv": {}}}),
+            "/dicom-web/studies": {"post": _STOW},
+            "/dicom-web/studies/{study_uid}": {"post": {
+                **_STOW, "parameters": [{"name": "study_uid", "in": "path", "required": True,
+                                         "schema": _UID}]}},
             "/api/openapi.json": _get("This document (no authentication)"),
         },
     }

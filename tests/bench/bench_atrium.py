@@ -97,7 +97,8 @@ def main() -> int:
             f"| batch-1 loop | {device} | {t_single:.3f} | {n / t_single:.0f} |",
             f"| BatchingPredictor (max_batch {args.max_batch}) | {device} | {t_batched:.3f} | "
             f"{n / t_batched:.0f} |"]
-    summary = (f"{n} slices of {tuple(x.shape[1:])} (2.5D, {case.spacing[1]} mm), "
+    kind = "2.5D" if x.shape[1] > 1 else "2D"
+    summary = (f"{n} slices of {tuple(x.shape[1:])} ({kind}, {case.spacing[1]} mm), "
                f"U-Net base {spec.get('base_channels')} ({spec['name']}/{spec['version']}), "
                f"{'fp16 autocast' if device.type == 'cuda' else 'fp32'}; median of "
                f"{args.repeats}. Batching speed-up: "

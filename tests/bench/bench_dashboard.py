@@ -30,6 +30,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from qcd.db.engine import Database  # noqa: E402
 from qcd.web import aggregates, records, seed  # noqa: E402
 from qcd.web.aggregates import Period  # noqa: E402
+from tests.bench.report import machine, write_section  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 INDEXES = (("ix_series_first_received", "series"), ("ix_alerts_state_created", "alerts"))
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--findings", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-pg", action="store_true")
+    ap.add_argument("--out", type=Path, help="write the table into this Markdown file")
     args = ap.parse_args(argv)
     rows: list[tuple[str, str, float, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,11 +124,21 @@ def main(argv: list[str] | None = None) -> int:
                 with admin.connect() as conn:
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+    table = ["| database | query | ms, 0005 indexes | ms, without | ms, indexes again |",
+             "|---|---|---|---|---|"]
+    table += [f"| {label} | {name} | {a:.1f} | {b:.1f} | {c:.1f} |"
+              for label, name, a, b, c in rows]
     print()
-    print("| database | query | ms, 0005 indexes | ms, without | ms, indexes again |")
-    print("|---|---|---|---|---|")
-    for label, name, a, b, c in rows:
-        print(f"| {label} | {name} | {a:.1f} | {b:.1f} | {c:.1f} |")
+    print("\n".join(table))
+    if args.out:
+        write_section(args.out, "## Dashboard queries",
+                      f"Command: `python tests/bench/bench_dashboard.py --out {args.out}`\n\n"
+                      f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+                      f"- Machine: {machine()}; PostgreSQL on the same host\n- Data: "
+                      f"{args.findings} seeded findings; median of {args.repeats} runs per "
+                      f"query, with migration 0005's indexes, without them, and with them "
+                      f"again (the peer is the same query without the indexes).\n\n"
+                      + "\n".join(table))
     return 0
 
 
