@@ -84,7 +84,11 @@ class Daemon:
             on_done=lambda job_id: raise_from_findings(self.db, job_id, settings.alerts.rules))
         self.alerts = AlertDispatcher(self.db, settings.alerts)
         self.reports = ReportBuilder(self.db, self.spool.root, Path(settings.outputs.path),
-                                     settings.delivery.destinations, self.metrics)
+                                     settings.delivery.destinations, self.metrics,
+                                     harmonise_to=(settings.audit.harmonise_to
+                                                   if settings.audit.write_back_harmonised
+                                                   else None),
+                                     harmonise_analyzer=settings.audit.analyzer)
         self.delivery = DeliveryWorker(self.db, settings.delivery, metrics=self.metrics,
                                        root=settings.outputs.path)
         self.scheduler = build_scheduler()

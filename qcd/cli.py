@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the daemon (DICOM listener, scheduler, metrics)")
     check = sub.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML-ish")
+    check.add_argument("--show-secrets", action="store_true",
+                       help="print a password in database.url instead of ***")
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade", "current"])
     status = sub.add_parser("status", help="counts of series and jobs by state")
@@ -101,6 +103,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _check_config(settings: Settings, args: argparse.Namespace) -> int:
     data = settings.to_dict()
+    if not args.show_secrets:  # a password in the URL is not for screens
+        from sqlalchemy.engine import make_url
+
+        url = make_url(settings.database.url)
+        if url.password:
+            data["database"]["url"] = url.render_as_string(hide_password=True)
     if args.json:
         print(json.dumps(data, indent=2))
     else:

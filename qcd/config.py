@@ -239,6 +239,11 @@ class AuditSettings:
     """Seconds one retrieve (and one query) may take."""
     stale_seconds: float = 3600.0
     """A RETRIEVING row older than this belongs to a dead run and is retried."""
+    write_back_harmonised: bool = False
+    """Write a harmonised copy (extra Gaussian, new series in the same study) of every
+    series the ``analyzer`` finds outside ``harmonise_to`` and deliver it with the SR."""
+    harmonise_to: str = "EARL1"
+    """The site's target band for harmonised copies: ``EARL1`` or ``EARL2``."""
 
 
 @dataclass(frozen=True)
@@ -576,6 +581,11 @@ def _validate_audit(s: Settings, need: typing.Callable[[bool, str, str, Any], No
     for name in ("timeout", "stale_seconds"):
         value = getattr(a, name)
         need(value > 0, f"audit.{name}", "a number of seconds > 0", value)
+    need(a.harmonise_to in ("EARL1", "EARL2"), "audit.harmonise_to", "EARL1, EARL2",
+         a.harmonise_to)
+    need(not a.write_back_harmonised or s.outputs.enabled, "audit.write_back_harmonised",
+         "false while outputs.enabled is false (copies are written with the reports)",
+         a.write_back_harmonised)
 
 
 def _validate_alerts(s: Settings, need: typing.Callable[[bool, str, str, Any], None]) -> None:

@@ -23,6 +23,7 @@ from qcd.config import IngestSettings, TlsSettings
 from qcd.ingest import status
 from qcd.ingest.service import IngestService
 from qcd.metrics import Metrics
+from qcd.secrets import check_private_file, pem_has_private_key
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,9 +45,19 @@ def set_nodelay(event: evt.Event) -> None:
 
 
 def build_ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
-    """Server-side TLS context from the configured PEM files, or None."""
+    """Server-side TLS context from the configured PEM files, or None.
+
+    Raises
+    ------
+    ConfigError
+        The private key file (or a certificate file that bundles the key) is missing
+        or readable by group or others (:func:`qcd.secrets.check_private_file`).
+    """
     if not tls.enabled:
         return None
+    check_private_file(tls.key_file, "ingest.tls.key_file")
+    if tls.cert_file != tls.key_file and pem_has_private_key(tls.cert_file):
+        check_private_file(tls.cert_file, "ingest.tls.cert_file (it holds a private key)")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(tls.cert_file, tls.key_file)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import smtplib
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -43,6 +44,7 @@ from qcd.outputs.alert_settings import (
     WebhookChannel,
 )
 from qcd.outputs.delivery import insert_ignore
+from qcd.secrets import read_secret
 
 __all__ = [
     "AlertDispatcher",
@@ -220,10 +222,11 @@ class WebhookSender:
         env = os.environ if environ is None else environ
         self._secret: bytes | None = None
         if channel.secret_env:
-            secret = env.get(channel.secret_env)
+            secret = read_secret(channel.secret_env, f"webhook {channel.name} secret_env", env)
             if not secret:
                 raise ConfigError(f"webhook {channel.name}: environment variable "
-                                  f"{channel.secret_env} (its secret_env) is not set")
+                                  f"{channel.secret_env} (its secret_env) is not set "
+                                  f"(nor {channel.secret_env}_FILE)")
             self._secret = secret.encode()
 
     def send(self, payload: AlertPayload) -> SendResult:
@@ -268,8 +271,8 @@ class EmailSender:
         msg.set_content(payload.text())
         try:
             with smtplib.SMTP(c.host, c.port, timeout=c.timeout) as smtp:
-                if c.starttls:
-                    smtp.starttls()
+                if c.starttls:  # verify the relay's certificate and host name
+                    smtp.starttls(context=ssl.create_default_context())
                 refused = smtp.send_message(msg)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]

@@ -9,16 +9,16 @@ with a FailedSOPSequence marks the named instances failed (their FailureReason k
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from qcd.errors import IngestError
+from qcd.errors import ConfigError, IngestError
 from qcd.ingest.header import split_part10
 from qcd.outputs.settings import Destination, SendOutcome
+from qcd.secrets import read_secret
 
 # DICOM JSON tags (PS3.18 F): Failed SOP Sequence, Referenced SOP Instance UID, Failure Reason
 _FAILED_SOP_SEQUENCE = "00081198"
@@ -66,9 +66,14 @@ class StowSender:
             headers={"Content-Type": f'multipart/related; type="application/dicom"; '
                                      f"boundary={boundary}",
                      "Accept": "application/dicom+json"})
-        if dest.auth_env and os.environ.get(dest.auth_env):
-            request.add_header("Authorization", os.environ[dest.auth_env])
         where = f"STOW-RS {dest.stow_url}"
+        if dest.auth_env:
+            try:
+                authorization = read_secret(dest.auth_env, f"destination {dest.name} auth_env")
+            except ConfigError as exc:  # e.g. a world-readable $<auth_env>_FILE: fixable
+                return [outcome(None, f"{where} not sent: {exc}")] * len(parts)
+            if authorization:
+                request.add_header("Authorization", authorization)
         try:
             with urllib.request.urlopen(request, timeout=dest.timeout) as rsp:
                 status, payload = rsp.status, rsp.read()

@@ -11,13 +11,21 @@ built first, with UIDs derived the same way (:func:`seg_uids`), written beside t
 SR and queued *before* it (the outbox sends in queue order), and the SR references
 it. A mask that no longer matches the stored instances is logged and skipped: the SR
 still goes out with the volume.
+
+With ``harmonise_to`` set (``[audit] write_back_harmonised``), a finished job of the
+audit analyzer whose series is outside that EARL band gets a harmonised copy
+(:mod:`qcd.audit.harmonise`): written beside the SR and queued after it, with UIDs
+derived from (series, generation, target, FWHM) so a rebuild makes the same instances.
+A series that is itself a copy (by its header, or because its Series Instance UID is a
+folder qcd wrote under outputs) is never harmonised again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -25,6 +33,7 @@ from sqlalchemy import select
 
 from qcd.db.engine import Database
 from qcd.db.models import Finding, Instance, Job, JobState, Series
+from qcd.errors import InferenceError
 from qcd.metrics import Metrics
 from qcd.outputs.delivery import Destination, enqueue
 from qcd.outputs.maskcodec import is_mask_payload
@@ -64,11 +73,17 @@ class ReportBuilder:
         PACS to deliver to (none: SRs are only stored).
     metrics
         Counts reports built.
+    harmonise_to
+        ``EARL1``/``EARL2``: write back a harmonised copy of non-compliant series analysed
+        by ``harmonise_analyzer``; None (default): never.
     """
 
     def __init__(self, db: Database, spool_root: Path, outputs_root: Path,
-                 destinations: Sequence[Destination], metrics: Metrics | None = None) -> None:
+                 destinations: Sequence[Destination], metrics: Metrics | None = None,
+                 harmonise_to: str | None = None, harmonise_analyzer: str = "earl") -> None:
         self.db = db
+        self.harmonise_to = harmonise_to
+        self.harmonise_analyzer = harmonise_analyzer
         self.metrics = metrics
         self.spool_root = spool_root
         self.outputs_root = outputs_root
@@ -122,6 +137,11 @@ class ReportBuilder:
         write_part10(dataset, path)
         relpath = path.relative_to(self.outputs_root).as_posix()  # the worker resolves it
         enqueue(self.db, series_id, "SR", sr_sop, relpath, self.destinations)
+        if self.harmonise_to is not None and analyzer == self.harmonise_analyzer:
+            self._harmonised_copy(
+                {r.name: (r.value_text, r.payload) for r in findings},
+                [self.spool_root / rel for _, rel in sorted(newest.values(), key=lambda v: v[1])],
+                sources, study_uid, series_id, series_uid, generation)
         with self.db.session() as session:
             fresh = session.get(Job, job_id)
             assert fresh is not None
@@ -153,3 +173,42 @@ class ReportBuilder:
                 .as_posix(), self.destinations)
         LOGGER.info("SEG %s for series %s (%s) stored", seg_sop, series_uid, analyzer)
         return seg
+
+    def _harmonised_copy(self, findings: Mapping[str, tuple[str | None, Mapping[str, Any] | None]],
+                         paths: Sequence[Path], sources: Sequence[pydicom.Dataset],
+                         study_uid: str, series_id: int, series_uid: str,
+                         generation: int) -> int:
+        """Write and queue the harmonised copy the findings call for; returns instances.
+
+        Data problems (no usable geometry) are logged and skipped; I/O errors propagate so
+        the whole report is retried on the next sweep (same UIDs, nothing sent twice).
+        """
+        from qcd.audit.harmonise import build_harmonised, is_harmonised, plan
+
+        assert self.harmonise_to is not None
+        if any(is_harmonised(ds) for ds in sources) or (
+                self.outputs_root / study_uid / series_uid).is_dir():
+            LOGGER.info("series %s is a harmonised copy made by qcd: not harmonised again",
+                        series_uid)
+            return 0
+        todo = plan(findings, self.harmonise_to)
+        if todo is None:
+            return 0
+        try:
+            copies = build_harmonised(paths, todo, generation)
+        except (InferenceError, ValueError) as exc:
+            LOGGER.warning("no harmonised copy of series %s: %s", series_uid, exc)
+            return 0
+        for ds in copies:
+            path = self.outputs_root / study_uid / str(ds.SeriesInstanceUID) / (
+                f"{ds.SOPInstanceUID}.dcm")
+            write_part10(ds, path)
+        for ds in copies:  # queued only once every file is on disk
+            enqueue(self.db, series_id, "HARM", str(ds.SOPInstanceUID),
+                    f"{study_uid}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm",
+                    self.destinations)
+        LOGGER.info("harmonised copy %s of series %s (%s +%.2f mm, %d instance(s)) stored; "
+                    "queued for %d destination(s)", copies[0].SeriesInstanceUID if copies else "",
+                    series_uid, todo.target, todo.extra_fwhm_mm, len(copies),
+                    len(self.destinations))
+        return len(copies)
