@@ -8,8 +8,9 @@ new PET series of the same study:
 
 * UIDs derived from (source series, generation, target, FWHM): a rebuild after a crash
   makes the same series and instances again (:func:`harmonised_uids`);
-* ImageType ``DERIVED\\SECONDARY``, DerivationDescription naming the extra FWHM, target
-  band and qcd version, SeriesDescription prefixed ``HARMONISED <band> +<x.x> mm``,
+* ImageType ``DERIVED\\PRIMARY`` (the PET Image module fixes Value 2 to PRIMARY,
+  PS3.3 C.8.9.4.1.1), DerivationDescription naming the extra FWHM, target band and
+  qcd version, SeriesDescription prefixed ``HARMONISED <band> +<x.x> mm``,
   SourceImageSequence referencing the source slice of each instance;
 * pixels re-quantised per slice (signed 16 bit, new RescaleSlope, intercept 0) so the
   values stay in Bq/ml; the SUV headers (Units, decay correction, dose, weight, times)
@@ -171,7 +172,7 @@ def build_harmonised(paths: Sequence[Path], plan: Plan, generation: int) -> list
         ds.RescaleIntercept = 0
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = sop_uid
-        ds.ImageType = ["DERIVED", "SECONDARY"]
+        ds.ImageType = ["DERIVED", "PRIMARY"]
         ds.SeriesDescription = description
         ds.DerivationDescription = derivation
         if ds.get("SeriesNumber") not in (None, ""):

@@ -64,6 +64,9 @@ def test_settings_are_immutable() -> None:
         ({"QCD_PORT": "1"}, "expected QCD_<SECTION>__<KEY>"),
         ({"QCD_ASSEMBLY__QUIET_SECONDS_BY_MODALITY": "pt=3"}, "upper-case DICOM modality"),
         ({"QCD_INGEST__TLS__ENABLED": "true"}, "ingest.tls.cert_file"),
+        ({"QCD_AUDIT__HARMONISE_TO": "EARL3"}, "audit.harmonise_to"),
+        ({"QCD_AUDIT__WRITE_BACK_HARMONISED": "true", "QCD_OUTPUTS__ENABLED": "false"},
+         "audit.write_back_harmonised"),
     ],
 )
 def test_invalid_values_name_key_and_allowed(env: dict[str, str], fragment: str) -> None:
