@@ -268,7 +268,7 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
         stations=tuple(args.station) if args.station else filters.stations,
         institutions=tuple(args.institution) if args.institution else filters.institutions)
     service = None
-    if settings.audit.method == "get" and not args.dry_run:
+    if settings.audit.method in ("get", "dicomweb") and not args.dry_run:
         from qcd.app import build_ingest, configure_pynetdicom
         from qcd.metrics import Metrics
 

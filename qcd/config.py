@@ -217,7 +217,12 @@ class AuditSettings:
     move_destination: str = ""
     """C-MOVE destination AE title (qcd's Storage SCP); empty = ``node.ae_title``."""
     method: str = "move"
-    """``move`` (the PACS pushes to our listener) or ``get`` (C-GET on one association)."""
+    """``move`` (the PACS pushes to our listener), ``get`` (C-GET on one association) or
+    ``dicomweb`` (QIDO-RS query, WADO-RS retrieve from ``dicomweb_url``)."""
+    dicomweb_url: str = ""
+    """DICOMweb service root for ``method = "dicomweb"``, e.g. ``http://pacs/dicom-web``."""
+    dicomweb_auth_env: str = ""
+    """Environment variable holding the Authorization header value (or ``<VAR>_FILE``)."""
     max_concurrent_retrieves: int = 2
     window: str = ""
     """Local-time window for retrieves, e.g. ``20:00-06:00``; empty = any time. The
@@ -560,7 +565,10 @@ def _validate_audit(s: Settings, need: typing.Callable[[bool, str, str, Any], No
         aet = getattr(a, name)
         need(aet == "" and name != "pacs_ae_title" or bool(AE_TITLE_RE.match(aet)),
              f"audit.{name}", "1-16 printable ASCII characters, no backslash", aet)
-    need(a.method in ("move", "get"), "audit.method", "move, get", a.method)
+    need(a.method in ("move", "get", "dicomweb"), "audit.method", "move, get, dicomweb",
+         a.method)
+    need(a.method != "dicomweb" or a.dicomweb_url.startswith(("http://", "https://")),
+         "audit.dicomweb_url", "an http(s) URL when audit.method is dicomweb", a.dicomweb_url)
     need(1 <= a.max_concurrent_retrieves <= 32, "audit.max_concurrent_retrieves", "1-32",
          a.max_concurrent_retrieves)
     try:

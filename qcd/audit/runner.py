@@ -73,6 +73,9 @@ def resolve_model(settings: Settings) -> ModelRef:
 
 def peer_from(settings: Settings) -> Peer:
     a = settings.audit
+    if a.method == "dicomweb":  # the DIMSE peer is not used; the URL is checked by config
+        return Peer(a.pacs_host or "-", a.pacs_port, a.pacs_ae_title,
+                    a.calling_ae_title or settings.node.ae_title, a.timeout)
     if not a.pacs_host:
         raise ConfigError("audit.pacs_host: no PACS configured for the audit "
                           "(set [audit] pacs_host, pacs_port, pacs_ae_title)")
@@ -295,6 +298,8 @@ def build_runner(settings: Settings, db: Database, service: IngestService | None
     peer = peer_from(settings)
     a = settings.audit
     destination = a.move_destination or settings.node.ae_title
+    if a.method == "dicomweb":
+        return _dicomweb_runner(settings, db, service, model)
     if a.method == "get":
         if service is None:
             raise ConfigError("audit.method: 'get' needs an ingest service on this process")
@@ -308,6 +313,25 @@ def build_runner(settings: Settings, db: Database, service: IngestService | None
 
     return AuditRunner(settings, db, model or resolve_model(settings),
                        lambda f: find_series(peer, f), retrieve)
+
+
+def _dicomweb_runner(settings: Settings, db: Database, service: IngestService | None,
+                     model: ModelRef | None) -> AuditRunner:
+    """QIDO-RS + WADO-RS against ``[audit] dicomweb_url`` (see :mod:`qcd.audit.dicomweb`)."""
+    from qcd.audit.dicomweb import WebPeer, qido_find_series, wado_retrieve
+    from qcd.secrets import read_secret
+
+    a = settings.audit
+    auth = (read_secret(a.dicomweb_auth_env, "audit.dicomweb_auth_env")
+            if a.dicomweb_auth_env else None)
+    peer = WebPeer(a.dicomweb_url, auth, a.timeout)
+    def retrieve(c: SeriesCandidate) -> RetrieveResult:
+        if service is None:  # a dry run lists candidates and never gets here
+            return RetrieveResult(False, error="no ingest service in this process")
+        return wado_retrieve(peer, c, service)
+
+    return AuditRunner(settings, db, model or resolve_model(settings),
+                       lambda f: qido_find_series(peer, f), retrieve)
 
 
 def wait_for_analysis(db: Database, series_uids: Iterable[str], analyzer: str, timeout: float,

@@ -111,8 +111,11 @@ def parse_multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
 
 
 def store_parts(service: IngestService, parts: list[tuple[str, bytes]],
-                study_uid: str | None = None) -> list[PartResult]:
-    """Store every part through the C-STORE path; one result per part."""
+                study_uid: str | None = None, calling_ae: str = STOW_AE) -> list[PartResult]:
+    """Store every part through the C-STORE path; one result per part.
+
+    Also used by the audit's WADO-RS retrieve (``calling_ae`` then names that source).
+    """
     results: list[PartResult] = []
     for ctype, data in parts:
         if ctype != "application/dicom":
@@ -131,7 +134,7 @@ def store_parts(service: IngestService, parts: list[tuple[str, bytes]],
                                       "Study Instance UID differs from the request URL"))
             continue
         result = service.store(dataset, transfer_syntax=str(meta.TransferSyntaxUID),
-                               sop_class_uid=sop_class, sop_uid=sop_uid, calling_ae=STOW_AE)
+                               sop_class_uid=sop_class, sop_uid=sop_uid, calling_ae=calling_ae)
         results.append(PartResult(sop_class, sop_uid, result.status, result.comment))
     return results
 

@@ -110,3 +110,11 @@ def test_example_config_in_deploy_is_valid() -> None:
     example = Path(__file__).parents[2] / "deploy" / "qcd.toml"
     s = load_settings(example, environ={})
     assert s.node.ae_title
+
+
+def test_dicomweb_audit_needs_an_http_url() -> None:
+    with pytest.raises(ConfigError, match="audit.dicomweb_url"):
+        load_settings(environ={"QCD_AUDIT__METHOD": "dicomweb"})
+    s = load_settings(environ={"QCD_AUDIT__METHOD": "dicomweb",
+                               "QCD_AUDIT__DICOMWEB_URL": "https://pacs.example/dicom-web"})
+    assert s.audit.method == "dicomweb"
