@@ -1,6 +1,7 @@
-"""The audit over DICOMweb against a real Orthanc (DICOMweb plugin): QIDO-RS finds the
+"""The audit's other transports against a real Orthanc: over DICOMweb (QIDO-RS finds the
 series, WADO-RS retrieves them through the ingest path, they are analysed, a second run
-retrieves nothing; a series is stored byte-identical to what the archive holds."""
+retrieves nothing, a series is stored byte-identical to what the archive holds) and by
+C-GET on the query association."""
 
 from __future__ import annotations
 
@@ -74,3 +75,38 @@ def test_qido_filters_and_a_dead_service_is_a_clear_error(
     assert all(c.station_name == "PETCT_B" and c.instances for c in site_b), site_b
     with pytest.raises(ExportError, match="cannot connect"):
         qido_find_series(WebPeer("http://127.0.0.1:9/dicom-web", timeout=2), AuditFilters())
+
+
+def test_audit_by_c_get_retrieves_once(
+        tmp_path: Path, archive: list[SimSeries]) -> None:  # noqa: F811
+    """The C-GET variant: instances arrive on the query association (no move destination)."""
+    settings = make_settings(
+        tmp_path, QCD_HTTP__ENABLED="false", QCD_WORKERS__THREADS="0",
+        QCD_AUDIT__METHOD="get", QCD_AUDIT__PACS_HOST="127.0.0.1", QCD_AUDIT__TIMEOUT="60")
+    pacs = OrthancServer(tmp_path / "orthanc-get", modalities={
+        "qcd": (settings.node.ae_title, "127.0.0.1", settings.ingest.port)})
+    pacs.start()
+    try:
+        site_c = [a for a in archive if a.site == "Site C"]
+        for a in site_c:
+            for f in a.files:
+                pacs.post("/instances", f.read_bytes())
+        settings = make_settings(
+            tmp_path, QCD_HTTP__ENABLED="false", QCD_WORKERS__THREADS="0",
+            QCD_AUDIT__METHOD="get", QCD_AUDIT__PACS_HOST="127.0.0.1",
+            QCD_AUDIT__PACS_PORT=str(pacs.dicom_port), QCD_AUDIT__PACS_AE_TITLE=pacs.aet,
+            QCD_AUDIT__TIMEOUT="60", QCD_INGEST__PORT=str(settings.ingest.port))
+        daemon = Daemon(settings)
+        daemon.start()
+        try:
+            summary = build_runner(settings, daemon.db, daemon.service).run(
+                AuditFilters(FROM, TO, "PT"))
+            assert summary.failed == {}
+            assert set(summary.retrieved) == {a.series_uid for a in site_c}
+            with daemon.db.session() as s:
+                assert s.scalar(select(func.count()).select_from(Instance)) == sum(
+                    len(a.files) for a in site_c)
+        finally:
+            daemon.stop()
+    finally:
+        pacs.stop()
