@@ -80,6 +80,13 @@ class HealthServer:
             def do_POST(self) -> None:
                 self._app()
 
+            def _not_allowed(self) -> None:
+                self._send(405, [("Content-Type", "application/json"),
+                                 ("Allow", "GET, HEAD, POST")],
+                           b'{"error": "method not allowed"}')
+
+            do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
             def _app(self, head: bool = False) -> None:
                 if app is None:
                     self._send(404, [("Content-Type", "application/json")],
@@ -107,7 +114,14 @@ class HealthServer:
                 body = self.rfile.read(length) if length else b""
                 request = Request.build(self.command, self.path, dict(self.headers.items()),
                                         body, client=str(self.client_address[0]))
-                response = app(request)
+                try:
+                    response = app(request)
+                except Exception:  # a bug: answer and log it rather than drop the socket
+                    LOGGER.exception("unhandled error for %s %s", self.command,
+                                     self.path.split("?", 1)[0][:200])
+                    self._send(500, [("Content-Type", "application/json")],
+                               b'{"error": "internal error"}')
+                    return
                 self._send(response.status, response.all_headers(),
                            b"" if head else response.body)
 
