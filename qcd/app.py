@@ -12,6 +12,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import text
@@ -34,6 +35,9 @@ from qcd.web.app import Dashboard
 from qcd.web.http import HealthServer
 from qcd.workers.local import LocalExecutor
 from qcd.workers.runtime import LocalRuntime
+
+if TYPE_CHECKING:
+    from qcd.workers.distributed import TaskPublisher
 
 LOGGER = logging.getLogger(__name__)
 
@@ -78,10 +82,17 @@ class Daemon:
         self.scp = StorageSCP(settings.node.ae_title, settings.ingest, self.service, self.metrics)
         self.sweeper = CompletionSweeper(settings, self.db, self.metrics, self.registry.keys())
         self.runtime = LocalRuntime(settings.inference)
-        self.executor = LocalExecutor(
-            settings.workers, self.db, self.metrics, self.registry, self.spool.root,
-            self.runtime,
-            on_done=lambda job_id: raise_from_findings(self.db, job_id, settings.alerts.rules))
+        self.executor: LocalExecutor | TaskPublisher
+        if settings.workers.mode == "distributed":  # jobs run in `qcd worker` processes
+            from qcd.workers.distributed import TaskPublisher
+
+            self.executor = TaskPublisher(settings, self.db, self.registry.keys())
+        else:
+            self.executor = LocalExecutor(
+                settings.workers, self.db, self.metrics, self.registry, self.spool.root,
+                self.runtime,
+                on_done=lambda job_id: raise_from_findings(self.db, job_id,
+                                                           settings.alerts.rules))
         self.alerts = AlertDispatcher(self.db, settings.alerts)
         self.reports = ReportBuilder(self.db, self.spool.root, Path(settings.outputs.path),
                                      settings.delivery.destinations, self.metrics,

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import urllib.parse
 
 from qcd import __version__
 from qcd.config import Settings, load_settings
@@ -26,6 +27,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="TOML config file (default: $QCD_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the daemon (DICOM listener, scheduler, metrics)")
+    worker = sub.add_parser("worker", help="distributed mode: a Celery worker running analysis "
+                            "jobs ([celery], shared database and spool)")
+    worker.add_argument("--analyzers", help="comma-separated analyzers to run (default: all)")
+    worker.add_argument("--concurrency", type=int, default=None,
+                        help="tasks at once (default: celery.concurrency or workers.threads)")
+    worker.add_argument("--pool", choices=["prefork", "threads", "solo"], default=None,
+                        help="Celery pool (default: celery.pool)")
+    worker.add_argument("--hostname", default=None, help="Celery node name (default: unique)")
     check = sub.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("--json", action="store_true", help="print JSON instead of TOML-ish")
     check.add_argument("--show-secrets", action="store_true",
@@ -101,6 +110,23 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.workers.mode != "distributed":
+        raise ConfigError('workers.mode: "qcd worker" needs "distributed" (and a [celery] '
+                          "broker_url); local mode runs its workers inside qcd serve")
+    try:
+        from qcd.workers.distributed import run_worker
+    except ImportError as exc:
+        print(f"qcd: distributed mode needs celery: pip install 'qcd[distributed]' ({exc})",
+              file=sys.stderr)
+        return 2
+    from qcd.analyzers.registry import REGISTRY  # loads torch
+
+    names = [a.strip() for a in (args.analyzers or "").split(",") if a.strip()] or None
+    return run_worker(settings, REGISTRY, names, concurrency=args.concurrency, pool=args.pool,
+                      hostname=args.hostname, loglevel=settings.logging.level.upper())
+
+
 def _check_config(settings: Settings, args: argparse.Namespace) -> int:
     data = settings.to_dict()
     if not args.show_secrets:  # a password in the URL is not for screens
@@ -109,6 +135,10 @@ def _check_config(settings: Settings, args: argparse.Namespace) -> int:
         url = make_url(settings.database.url)
         if url.password:
             data["database"]["url"] = url.render_as_string(hide_password=True)
+        broker = urllib.parse.urlsplit(settings.celery.broker_url)
+        if broker.password:
+            data["celery"]["broker_url"] = broker._replace(netloc=broker.netloc.replace(
+                f":{broker.password}@", ":***@")).geturl()
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -357,6 +387,7 @@ def _toml_value(value: object) -> str:
 _COMMANDS = {
     "user": users_cli.run,
     "serve": _serve,
+    "worker": _worker,
     "check-config": _check_config,
     "db": _db,
     "status": _status,

@@ -155,8 +155,12 @@ class RoutingSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """The local executor that runs analysis jobs."""
+    """The executor that runs analysis jobs."""
 
+    mode: str = "local"
+    """``local``: worker threads in ``qcd serve`` (nothing else needed). ``distributed``:
+    ``qcd serve`` publishes each QUEUED job as a Celery task ([celery]) and ``qcd worker``
+    processes on any node run them; PostgreSQL and a shared spool path are then required."""
     threads: int = 2
     """Worker threads in ``qcd serve``; 0 runs no analysis on this node."""
     poll_interval_seconds: float = 0.5
@@ -169,6 +173,36 @@ class WorkerSettings:
     models_path: str = ""
     """Root of the model bundles (``<name>/<version>/model.json``); empty = the
     ``models/`` folder shipped beside the ``qcd`` package (works from any directory)."""
+
+
+@dataclass(frozen=True)
+class CelerySettings:
+    """The distributed backend (``workers.mode = "distributed"``): Celery on RabbitMQ."""
+
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/qcd"
+    """AMQP URL, with its own vhost (``/qcd``)."""
+    queue_prefix: str = "qcd"
+    """Tasks of analyzer A go to queue ``<prefix>.<A>`` (``<prefix>.<A>.gpu`` when A is
+    in ``gpu_analyzers``); a worker consumes the queues of the analyzers it runs."""
+    gpu_analyzers: tuple[str, ...] = ()
+    task_time_limit: float = 600.0
+    """Hard limit (seconds) per task, enforced by the prefork pool; keep it below
+    ``workers.lease_seconds`` and RabbitMQ's consumer_timeout (default 1800 s)."""
+    task_soft_time_limit: float = 540.0
+    max_retries: int = 10
+    """Celery retries of a task that hit an infrastructure error (database, broker)."""
+    retry_backoff_seconds: float = 5.0
+    retry_backoff_max_seconds: float = 300.0
+    publish_interval_seconds: float = 1.0
+    """How often ``qcd serve`` looks for QUEUED jobs to publish."""
+    republish_seconds: float = 120.0
+    """A job still QUEUED this long after its task was published is published again
+    (a lost message or a broker that was down cannot strand it; duplicates are no-ops)."""
+    pool: str = "prefork"
+    """Celery pool of ``qcd worker``: ``prefork`` (time limits, crash isolation),
+    ``threads`` (one process shares the batching predictors: one per GPU) or ``solo``."""
+    concurrency: int = 0
+    """Tasks at once per ``qcd worker`` process; 0 = ``workers.threads``."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +302,7 @@ class Settings:
     assembly: AssemblySettings = field(default_factory=AssemblySettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
+    celery: CelerySettings = field(default_factory=CelerySettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
@@ -507,6 +542,7 @@ def _validate(s: Settings) -> None:
     for name in ("poll_interval_seconds", "retry_backoff_seconds", "lease_seconds"):
         value = getattr(s.workers, name)
         need(value > 0, f"workers.{name}", "a number of seconds > 0", value)
+    _validate_celery(s, need)
     need(bool(DEVICE_RE.match(s.inference.device.strip().lower())), "inference.device",
          DEVICE_CHOICES, s.inference.device)
     need(1 <= s.inference.max_batch <= 4096, "inference.max_batch", "1-4096",
@@ -554,6 +590,40 @@ def _validate(s: Settings) -> None:
          s.logging.level)
     need(s.logging.format in LOG_FORMATS, "logging.format", ", ".join(LOG_FORMATS),
          s.logging.format)
+
+
+def _validate_celery(s: Settings, need: typing.Callable[[bool, str, str, Any], None]) -> None:
+    c = s.celery
+    need(s.workers.mode in ("local", "distributed"), "workers.mode", "local, distributed",
+         s.workers.mode)
+    need(bool(re.match(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$", c.queue_prefix)), "celery.queue_prefix",
+         "1-64 letters, digits, '_', '.' or '-'", c.queue_prefix)
+    for i, name in enumerate(c.gpu_analyzers):
+        need(bool(re.match(r"^[a-z][a-z0-9_]*$", name)), f"celery.gpu_analyzers[{i}]",
+             "lower-case analyzer names", name)
+    for name in ("task_time_limit", "task_soft_time_limit", "retry_backoff_seconds",
+                 "retry_backoff_max_seconds", "publish_interval_seconds", "republish_seconds"):
+        value = getattr(c, name)
+        need(value > 0, f"celery.{name}", "a number of seconds > 0", value)
+    need(c.task_soft_time_limit <= c.task_time_limit, "celery.task_soft_time_limit",
+         "seconds <= celery.task_time_limit", c.task_soft_time_limit)
+    need(0 <= c.max_retries <= 1000, "celery.max_retries", "0-1000", c.max_retries)
+    need(c.pool in ("prefork", "threads", "solo"), "celery.pool", "prefork, threads, solo",
+         c.pool)
+    need(0 <= c.concurrency <= 256, "celery.concurrency", "0 (= workers.threads) or 1-256",
+         c.concurrency)
+    if s.workers.mode == "distributed":
+        need(c.broker_url.split(":", 1)[0] in ("amqp", "amqps", "pyamqp"), "celery.broker_url",
+             "amqp://USER:PASSWORD@HOST:5672/VHOST (RabbitMQ)", _mask_url(c.broker_url))
+        need(s.database.url.startswith("postgresql"), "database.url",
+             "a postgresql+psycopg:// URL shared by every node in distributed mode",
+             s.database.url.split("@")[-1])
+        need(s.workers.lease_seconds > c.task_time_limit, "workers.lease_seconds",
+             "seconds > celery.task_time_limit in distributed mode", s.workers.lease_seconds)
+
+
+def _mask_url(url: str) -> str:
+    return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
 
 
 def _validate_audit(s: Settings, need: typing.Callable[[bool, str, str, Any], None]) -> None:

@@ -184,7 +184,7 @@ def release_dead_local(db: Database) -> int:
                 pid = int((job.worker or "").split(":")[1])
             except (IndexError, ValueError):
                 continue
-            if pid == os.getpid() or _alive(pid):
+            if pid == os.getpid() or alive(pid):
                 continue
             job.state = JobState.QUEUED
             job.lease_expires_at = None
@@ -196,14 +196,22 @@ def release_dead_local(db: Database) -> int:
     return released
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host can still hold a job.
+
+    A zombie (killed, not yet reaped because its parent died with it) holds nothing.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return not stat[stat.rindex(")") + 2:].startswith(("Z", "X"))
+    except (OSError, ValueError):  # no /proc (not Linux): kill(0) said it exists
+        return True
 
 
 def activate_available(db: Database, available: Collection[str]) -> int:

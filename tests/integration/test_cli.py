@@ -76,12 +76,14 @@ def test_earl_phantom_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert [s["diameter_mm"] for s in report["spheres"]] == [37, 28, 22, 17, 13, 10]
 
 
-def test_check_config_hides_a_database_password(
+def test_check_config_hides_passwords(
     env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("QCD_DATABASE__URL", "postgresql+psycopg://qcd:s3cret@db.example/qcd")
+    monkeypatch.setenv("QCD_CELERY__BROKER_URL", "amqp://qcd:br0ker@rabbit:5672/qcd")
     assert main(["check-config"]) == 0
     out = capsys.readouterr().out
     assert "s3cret" not in out and "qcd:***@db.example" in out
+    assert "br0ker" not in out and "amqp://qcd:***@rabbit:5672/qcd" in out
     assert main(["check-config", "--show-secrets"]) == 0
     assert "s3cret" in capsys.readouterr().out
