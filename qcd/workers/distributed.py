@@ -34,7 +34,7 @@ from sqlalchemy import or_, select
 from qcd.analyzers.base import Analyzer
 from qcd.config import Settings
 from qcd.db.engine import Database
-from qcd.db.models import Instance, Job, JobState, Series, utcnow
+from qcd.db.models import Job, JobState, utcnow
 from qcd.metrics import Metrics
 from qcd.workers import queue
 from qcd.workers.celery_app import make_celery, publish, queue_name
@@ -84,26 +84,7 @@ def claim_job(
             job.lease_expires_at = None
             job.error = (job.error or "")[:1900] + f" (gave up after {job.attempts} attempts)"
             return "failed"
-        job.state = JobState.RUNNING
-        job.attempts += 1
-        job.worker = worker
-        job.started_at = job.updated_at = now
-        job.not_before = None
-        job.lease_expires_at = now + dt.timedelta(seconds=lease_seconds)
-        series = session.get(Series, job.series_id)
-        assert series is not None  # foreign key
-        rows = session.execute(
-            select(Instance.sop_uid, Instance.version, Instance.instance_number, Instance.path)
-            .where(Instance.series_id == series.id)
-        ).all()
-        newest: dict[str, tuple[int, int, str]] = {}
-        for sop, version, number, path in rows:  # same order as queue.claim_next
-            if sop not in newest or version > newest[sop][0]:
-                newest[sop] = (version, number if number is not None else 0, path)
-        ordered = sorted(newest.items(), key=lambda kv: (kv[1][1], kv[0]))
-        return queue.ClaimedJob(job.id, job.analyzer, job.attempts, series.id,
-                                series.series_uid, series.modality,
-                                tuple(v[2] for _, v in ordered))
+        return queue.take(session, job, worker, now, lease_seconds)
 
 
 def _held_by_dead_local(worker: str | None) -> bool:

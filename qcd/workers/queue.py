@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
 
 from qcd.analyzers.base import Finding
 from qcd.bundles import Bundle
@@ -63,25 +64,34 @@ def claim_next(
         job = session.scalars(query).first()
         if job is None:
             return None
-        job.state = JobState.RUNNING
-        job.attempts += 1
-        job.worker = worker
-        job.started_at = now
-        job.updated_at = now
-        job.lease_expires_at = now + dt.timedelta(seconds=lease_seconds)
-        series = session.get(Series, job.series_id)
-        assert series is not None  # foreign key
-        rows = session.execute(
-            select(Instance.sop_uid, Instance.version, Instance.instance_number, Instance.path)
-            .where(Instance.series_id == series.id)
-        ).all()
-        newest: dict[str, tuple[int, int, str]] = {}
-        for sop, version, number, path in rows:
-            if sop not in newest or version > newest[sop][0]:
-                newest[sop] = (version, number if number is not None else 0, path)
-        ordered = sorted(newest.items(), key=lambda kv: (kv[1][1], kv[0]))
-        return ClaimedJob(job.id, job.analyzer, job.attempts, series.id, series.series_uid,
-                          series.modality, tuple(v[2] for _, v in ordered))
+        return take(session, job, worker, now, lease_seconds)
+
+
+def take(session: Session, job: Job, worker: str, now: dt.datetime,
+         lease_seconds: float) -> ClaimedJob:
+    """Mark a job this session holds locked as RUNNING for ``worker``; what it needs to run.
+
+    Shared by :func:`claim_next` and the distributed worker's claim by id.
+    """
+    job.state = JobState.RUNNING
+    job.attempts += 1
+    job.worker = worker
+    job.started_at = job.updated_at = now
+    job.not_before = None
+    job.lease_expires_at = now + dt.timedelta(seconds=lease_seconds)
+    series = session.get(Series, job.series_id)
+    assert series is not None  # foreign key
+    rows = session.execute(
+        select(Instance.sop_uid, Instance.version, Instance.instance_number, Instance.path)
+        .where(Instance.series_id == series.id)
+    ).all()
+    newest: dict[str, tuple[int, int, str]] = {}
+    for sop, version, number, path in rows:
+        if sop not in newest or version > newest[sop][0]:
+            newest[sop] = (version, number if number is not None else 0, path)
+    ordered = sorted(newest.items(), key=lambda kv: (kv[1][1], kv[0]))
+    return ClaimedJob(job.id, job.analyzer, job.attempts, series.id, series.series_uid,
+                      series.modality, tuple(v[2] for _, v in ordered))
 
 
 def complete(

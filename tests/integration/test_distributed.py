@@ -289,3 +289,41 @@ def test_jobs_created_while_the_broker_is_unreachable_are_published_later(
     assert [(j.state, j.attempts) for j in jobs] == [(JobState.DONE, 1)] * 3
     with daemon.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Finding)) == 3
+
+
+def test_broker_restart_loses_no_published_task(
+        tmp_path: Path, cluster_factory: object, broker: tuple[str, str]) -> None:
+    """Tasks published to durable queues survive a RabbitMQ restart, and the ingest node
+    keeps publishing afterwards (this restarts the machine's broker: CI runs alone)."""
+    vhost = broker[0].rsplit("/", 1)[1]
+    if not vhost.startswith("qcd_test_"):
+        pytest.skip("needs rabbitmqctl (a vhost of our own) to restart the broker")
+    c = cluster_factory(0.0)  # type: ignore[operator]
+    daemon = c.start_daemon()  # no worker yet: the tasks wait in the queue
+    files = make_study(tmp_path / "in", [SeriesSpec("PT", 2, f"PET {i}") for i in range(3)], 16)
+    assert len(storescu(files, daemon.scp.port).acknowledged) == 6
+
+    def queued() -> int:
+        out = _rabbitmqctl("list_queues", "-p", vhost, "name", "messages").stdout
+        return sum(int(line.split()[-1]) for line in out.splitlines()
+                   if line.split() and line.split()[-1].isdigit())
+
+    deadline = time.monotonic() + 30
+    while queued() < 3:
+        assert time.monotonic() < deadline, "the tasks never reached the queue"
+        time.sleep(0.3)
+    assert _rabbitmqctl("stop_app").returncode == 0
+    try:
+        time.sleep(1)
+    finally:
+        assert _rabbitmqctl("start_app").returncode == 0
+    _rabbitmqctl("await_startup")
+    assert queued() == 3, "persistent messages in durable queues survive the restart"
+    more = make_study(tmp_path / "in2", [SeriesSpec("PT", 2, "PET after")], 16)
+    assert len(storescu(more, daemon.scp.port).acknowledged) == 2  # published after restart
+    c.start_worker(pool="threads", concurrency=2)
+    jobs = wait_jobs(daemon.db, 4, 120, c.logs)
+    assert [j.state for j in jobs] == [JobState.DONE] * 4
+    with daemon.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Finding)) == 4
+    assert len(list(c.runs.iterdir())) == 4  # each analysis ran once
