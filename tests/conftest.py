@@ -49,7 +49,7 @@ def pg_database() -> Iterator[str]:
     if not _pg_available():
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}")
     name = f"qcd_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
