@@ -23,7 +23,8 @@ from qcd.analyzers.atrium.volume import (
 )
 from qcd.analyzers.base import Acceptance, Finding, Runtime, SeriesInput
 from qcd.analyzers.volume import load_volume
-from qcd.bundles import Bundle, BundleError
+from qcd.analyzers.weights import load_weights
+from qcd.bundles import Bundle
 from qcd.outputs.maskcodec import mask_payload
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -67,15 +68,9 @@ def _slice_spacing(headers: Sequence[Dataset]) -> float | None:
 
 def load_model(bundle: Bundle) -> UNet2D:
     """Build the bundle's U-Net and load its verified weights."""
-    if bundle.spec.get("preprocessing") != PREPROCESSING_VERSION:
-        raise BundleError(f"bundle {bundle.name}/{bundle.version} was trained with "
-                          f"preprocessing {bundle.spec.get('preprocessing')!r}; this qcd "
-                          f"has {PREPROCESSING_VERSION!r}")
     model = UNet2D(in_channels=int(bundle.spec["input"]["channels"]),
                    base=int(bundle.spec.get("base_channels", 16)))
-    state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
+    return load_weights(bundle, model, PREPROCESSING_VERSION)
 
 
 def postprocess_settings(spec: dict[str, Any]) -> PostprocessSettings:

@@ -35,6 +35,7 @@ from qcd.analyzers.chest.preprocess import (
     prepare_batch,
     read_radiograph,
 )
+from qcd.analyzers.weights import load_weights
 from qcd.bundles import Bundle, BundleError
 from qcd.errors import InferenceError
 
@@ -81,17 +82,11 @@ class ChestRules:
 
 def load_model(bundle: Bundle) -> ChestNet:
     """Build the bundle's network and load its verified weights."""
-    if bundle.spec.get("preprocessing") != PREPROCESSING_VERSION:
-        raise BundleError(f"bundle {bundle.name}/{bundle.version} was trained with "
-                          f"preprocessing {bundle.spec.get('preprocessing')!r}; this qcd "
-                          f"has {PREPROCESSING_VERSION!r}")
     if list(bundle.spec["labels"]) != list(LABELS):
         raise BundleError(f"bundle {bundle.name}/{bundle.version} labels "
                           f"{bundle.spec['labels']} differ from this qcd's {list(LABELS)}")
     model = ChestNet(len(LABELS), width=int(bundle.spec["input"].get("width", 32)))
-    state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
+    return load_weights(bundle, model, PREPROCESSING_VERSION)
 
 
 def _thresholds(bundle: Bundle) -> dict[str, float]:

@@ -16,7 +16,8 @@ from qcd.analyzers.earl.model import EarlModel
 from qcd.analyzers.earl.preprocess import GRID_MM, PREPROCESSING_VERSION, prepare
 from qcd.analyzers.earl.suv import SuvUnavailable, suv_factor
 from qcd.analyzers.volume import load_volume
-from qcd.bundles import Bundle, BundleError
+from qcd.analyzers.weights import load_weights
+from qcd.bundles import Bundle
 
 PET_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.128"}
 MIN_SLICES = 30
@@ -24,14 +25,8 @@ MIN_SLICES = 30
 
 def load_model(bundle: Bundle) -> EarlModel:
     """Build the bundle's architecture and load its verified weights."""
-    if bundle.spec.get("preprocessing") != PREPROCESSING_VERSION:
-        raise BundleError(f"bundle {bundle.name}/{bundle.version} was trained with "
-                          f"preprocessing {bundle.spec.get('preprocessing')!r}; this qcd "
-                          f"has {PREPROCESSING_VERSION!r}")
     model = EarlModel(str(bundle.spec.get("architecture", "edgenet")))
-    state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
+    return load_weights(bundle, model, PREPROCESSING_VERSION)
 
 
 def _p_positive(runtime: Runtime, key: str, factory: Any, slices: np.ndarray) -> float:

@@ -33,7 +33,8 @@ from qcd.analyzers.motion.model import MotionNet, scan_cumulative
 from qcd.analyzers.motion.preprocess import N_SLICES, PREPROCESSING_VERSION, prepare
 from qcd.analyzers.motion.quant import streak_index
 from qcd.analyzers.volume import load_volume
-from qcd.bundles import Bundle, BundleError
+from qcd.analyzers.weights import load_weights
+from qcd.bundles import Bundle
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SITE_TAG = re.compile(r"hr-?\s*p?qct|xtreme\s*ct", re.IGNORECASE)
@@ -45,14 +46,8 @@ MIN_SLICES = 16
 
 def load_model(bundle: Bundle) -> MotionNet:
     """Build the bundle's architecture and load its verified weights."""
-    if bundle.spec.get("preprocessing") != PREPROCESSING_VERSION:
-        raise BundleError(f"bundle {bundle.name}/{bundle.version} was trained with "
-                          f"preprocessing {bundle.spec.get('preprocessing')!r}; this qcd "
-                          f"has {PREPROCESSING_VERSION!r}")
     model = MotionNet(int(bundle.spec.get("input", {}).get("width", 16)))
-    state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
+    return load_weights(bundle, model, PREPROCESSING_VERSION)
 
 
 def is_hrpqct(ds: Dataset) -> bool:
