@@ -24,15 +24,7 @@ from typing import Final
 
 import numpy as np
 
-from qcd.analyzers.earl.phantom import (
-    ReconParams,
-    RecoveryCoefficients,
-    add_noise,
-    blur,
-    classify,
-    measure_rc,
-    phantom_activity,
-)
+from qcd.analyzers.earl.phantom import ReconParams, classify, expected_rc
 
 Range = tuple[float, float]
 
@@ -65,26 +57,11 @@ BAND_FWHM_MM: Final[Mapping[str, Mapping[float, Range]]] = MappingProxyType({
 })
 
 
-def _mean_rc(rcs: Sequence[RecoveryCoefficients]) -> RecoveryCoefficients:
-    def avg(name: str) -> tuple[float, ...]:
-        return tuple(float(v) for v in np.mean([getattr(r, name) for r in rcs], axis=0))
-    return RecoveryCoefficients(rcs[0].diameters_mm, avg("rc_max"), avg("rc_mean"),
-                                avg("rc_peak"), float(np.mean([r.background_cov for r in rcs])),
-                                float(np.mean([r.background_mean for r in rcs])))
-
-
 def phantom_class(voxel_mm: float, fwhm_mm: float, ref: BandReference, *, positions: int = 3,
                   noise_draws: int = 2, seed: int = 0) -> str:
     """Class of the IEC phantom reconstructed at ``fwhm_mm`` (mean RCs of several draws)."""
     params = ReconParams((voxel_mm, voxel_mm, voxel_mm), fwhm_mm, ref.overshoot, ref.cov)
-    rng = np.random.default_rng(seed)
-    rcs = []
-    for _ in range(positions):
-        activity, geometry = phantom_activity(params, rng)
-        blurred = blur(activity, params)
-        for _ in range(noise_draws if ref.cov > 0 else 1):
-            rcs.append(measure_rc(add_noise(blurred, ref.cov, rng), params.voxel_mm, geometry))
-    return classify(_mean_rc(rcs))
+    return classify(expected_rc(params, np.random.default_rng(seed), positions, noise_draws))
 
 
 def band_fwhm_range(label: str, voxel_mm: float, *, lo: float = 3.0, hi: float = 12.0,

@@ -25,12 +25,9 @@ from qcd.analyzers.earl.phantom import (
     LABELS,
     ReconParams,
     RecoveryCoefficients,
-    add_noise,
     apply_recon,
-    blur,
     classify,
-    measure_rc,
-    phantom_activity,
+    expected_rc,
 )
 
 IN_PLANE_MM: Final = (2.0, 2.7, 3.0, 4.0)
@@ -74,15 +71,6 @@ def sample_params(rng: np.random.Generator, label: str | None = None) -> ReconPa
                        draw["cov"])
 
 
-def mean_rc(rcs: Sequence[RecoveryCoefficients]) -> RecoveryCoefficients:
-    """Element-wise mean of several measurements of the same phantom."""
-    def avg(name: str) -> tuple[float, ...]:
-        return tuple(float(v) for v in np.mean([getattr(r, name) for r in rcs], axis=0))
-    return RecoveryCoefficients(rcs[0].diameters_mm, avg("rc_max"), avg("rc_mean"), avg("rc_peak"),
-                                float(np.mean([r.background_cov for r in rcs])),
-                                float(np.mean([r.background_mean for r in rcs])))
-
-
 def label_params(params: ReconParams, rng: np.random.Generator, positions: int = LABEL_POSITIONS,
                  noise_draws: int = LABEL_NOISE_DRAWS) -> tuple[str, RecoveryCoefficients]:
     """Ground truth by physics: the class of the phantom's expected RCs.
@@ -92,13 +80,7 @@ def label_params(params: ReconParams, rng: np.random.Generator, positions: int =
     0.02-0.06 per measurement at COV 5-7 %): with 2 measurements a fresh relabelling
     of an accepted EARL draw disagreed ~35 % of the time, with 16 about 5 %.
     """
-    rcs = []
-    for _ in range(positions):
-        activity, geometry = phantom_activity(params, rng)
-        blurred = blur(activity, params)
-        for _ in range(noise_draws if params.cov > 0 else 1):
-            rcs.append(measure_rc(add_noise(blurred, params.cov, rng), params.voxel_mm, geometry))
-    rc = mean_rc(rcs)
+    rc = expected_rc(params, rng, positions, noise_draws)
     return classify(rc), rc
 
 

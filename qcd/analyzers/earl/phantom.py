@@ -453,3 +453,29 @@ def analyze_phantom_series(paths: Sequence[Path], sphere_to_background: float = 
     geometry = find_spheres(vol.array, vol.spacing, sphere_to_background=sphere_to_background)
     rc = measure_rc(vol.array, vol.spacing, geometry)
     return PhantomReport(rc, classify(rc), band_report(rc), vol.spacing, geometry)
+
+
+def mean_rc(rcs: Sequence[RecoveryCoefficients]) -> RecoveryCoefficients:
+    """Element-wise mean of several measurements of the same phantom."""
+    def avg(name: str) -> tuple[float, ...]:
+        return tuple(float(v) for v in np.mean([getattr(r, name) for r in rcs], axis=0))
+    return RecoveryCoefficients(rcs[0].diameters_mm, avg("rc_max"), avg("rc_mean"), avg("rc_peak"),
+                                float(np.mean([r.background_cov for r in rcs])),
+                                float(np.mean([r.background_mean for r in rcs])))
+
+
+def expected_rc(params: ReconParams, rng: np.random.Generator, positions: int,
+                noise_draws: int) -> RecoveryCoefficients:
+    """The IEC phantom's RCs under ``params``, averaged over ``positions`` random sub-voxel
+    placements times ``noise_draws`` noise realisations (one when noise-free).
+
+    One definition for the training labels (``training/earl/simulate.py``) and the audit's
+    band table (``qcd/audit/resolution.py``), so the two cannot drift apart.
+    """
+    rcs = []
+    for _ in range(positions):
+        activity, geometry = phantom_activity(params, rng)
+        blurred = blur(activity, params)
+        for _ in range(noise_draws if params.cov > 0 else 1):
+            rcs.append(measure_rc(add_noise(blurred, params.cov, rng), params.voxel_mm, geometry))
+    return mean_rc(rcs)
