@@ -71,7 +71,7 @@ def claim_job(
         if job.state == JobState.DONE:
             return "done"
         if job.state == JobState.RUNNING:
-            if not _held_by_dead_local(job.worker):
+            if not queue.held_by_dead_local(job.worker):
                 return "held"
             LOGGER.warning("job %d: worker %s is gone; taking it over", job.id, job.worker)
         elif job.state != JobState.QUEUED:
@@ -85,19 +85,6 @@ def claim_job(
             job.error = (job.error or "")[:1900] + f" (gave up after {job.attempts} attempts)"
             return "failed"
         return queue.take(session, job, worker, now, lease_seconds)
-
-
-def _held_by_dead_local(worker: str | None) -> bool:
-    parts = (worker or "").split(":")
-    if len(parts) < 2 or parts[0] != socket.gethostname():
-        return False
-    try:
-        pid = int(parts[1])
-    except ValueError:
-        return False
-    if pid == os.getpid():
-        return False  # this process: a thread of ours holds it
-    return not queue.alive(pid)
 
 
 # ------------------------------------------------------------------ ingest side

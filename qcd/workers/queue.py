@@ -190,11 +190,7 @@ def release_dead_local(db: Database) -> int:
         jobs = session.scalars(select(Job).where(
             Job.state == JobState.RUNNING, Job.worker.like(f"{host}:%"))).all()
         for job in jobs:
-            try:
-                pid = int((job.worker or "").split(":")[1])
-            except (IndexError, ValueError):
-                continue
-            if pid == os.getpid() or alive(pid):
+            if not held_by_dead_local(job.worker):
                 continue
             job.state = JobState.QUEUED
             job.lease_expires_at = None
@@ -204,6 +200,21 @@ def release_dead_local(db: Database) -> int:
     if released:
         LOGGER.warning("re-queued %d job(s) interrupted by a crash", released)
     return released
+
+
+def held_by_dead_local(worker: str | None) -> bool:
+    """Whether ``worker`` (``host:pid:thread``) names a process of this host that is gone.
+
+    Another host, this process, a live process or an unreadable id: False.
+    """
+    parts = (worker or "").split(":")
+    if len(parts) < 2 or parts[0] != socket.gethostname():
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return False
+    return pid != os.getpid() and not alive(pid)
 
 
 def alive(pid: int) -> bool:
