@@ -62,6 +62,15 @@ def pg_database() -> Iterator[str]:
     admin.dispose()
 
 
+def reset_schema(url: str) -> None:
+    """An empty ``public`` schema in the PostgreSQL database at ``url``."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Each DB test runs on SQLite and on PostgreSQL (a clean schema every time)."""
@@ -69,11 +78,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path}/qcd.db"
         return
     url = request.getfixturevalue("pg_database")
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+    reset_schema(url)
     yield url
 
 

@@ -20,7 +20,7 @@ from qcd.errors import ExportError
 from qcd.ingest.header import split_part10
 from tests.conftest import make_settings
 from tests.integration.orthanc import OrthancServer
-from tests.integration.test_audit import FROM, PLAN, TO, SimSeries, archive  # noqa: F401
+from tests.integration.test_audit import FROM, TO, SimSeries, archive  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,14 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 
 from qcd.app import Daemon
 from qcd.config import Settings, load_settings
 from qcd.db.engine import Database
 from qcd.db.models import Alert, Finding, Job, JobState
 from qcd.synth import SeriesSpec, make_study
-from tests.conftest import free_port
+from tests.conftest import free_port, reset_schema
 from tests.integration.dcmtk import storescu
 from tests.integration.celery_worker_main import SlowAnalyzer
 from tests.toy_analyzers import CountAnalyzer, write_toy_bundle
@@ -72,11 +72,7 @@ def broker() -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def pg_url(pg_database: str) -> str:
-    engine = create_engine(pg_database, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+    reset_schema(pg_database)
     return pg_database
 
 

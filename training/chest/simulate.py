@@ -294,7 +294,6 @@ def simulate(labels: torch.Tensor, gen: torch.Generator, shape: tuple[int, int] 
         return torch.where(side < 0, lungs[0].u, lungs[1].u)
 
     lung_total = lungs[0].chord + lungs[1].chord
-    v_map = (Y - cy) / lb
 
     # Pneumothorax: lung shrunk towards its hilum; the rim is air, no markings, pleural line.
     ptx_side, ptx_k = rng.side(), 1 - rng.u(0.15, 0.5)
