@@ -1,4 +1,8 @@
-"""MODEL_CARD.md for the chest bundle, written from model.json so the two never disagree."""
+"""MODEL_CARD.md for the chest bundle, written from model.json so the two never disagree.
+
+Two kinds: a bundle trained on simulated images (``metrics.held_out_simulated``) and one
+retrained on a real dataset (``metrics.held_out_real``, ``--real-format``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,31 @@ def _f(x: float) -> str:
     return "n/a" if x != x else f"{x:.3f}"
 
 
+def _common(spec: dict[str, Any], origin: str) -> str:
+    """Intended use and model sections, shared by both kinds of card."""
+    w, inp = spec["input"]["width"], spec["input"]
+    return f"""## Intended use
+Quality-control and triage research beside a PACS: flag frontal (PA/AP) chest
+radiographs (CR, DX) for 16 findings so a human reader can prioritise them, and raise
+an operator alert (`urgent`) for {', '.join(spec['urgent'])}. Not a diagnostic device;
+never a replacement for a radiologist's report. Lateral views and non-chest images get a
+`not_applicable` finding instead of flags.
+
+## Model
+ChestNet: a compact ResNet (basic blocks, stages {w}-{8 * w} channels, global
+average + max pooling), {origin}, one sigmoid per label (multi-label: a finding
+does not exclude another; no softmax). Input: the image padded to a square (aspect ratio
+kept, not stretched), resized to {inp['size']} px with antialiasing, each image
+normalised by its own {inp['percentiles'][0]:.0%}/{inp['percentiles'][1]:.0%}
+percentiles to [-1, 1] after Modality rescale, VOI (window or VOI LUT) and MONOCHROME1
+inversion. Preprocessing version `{spec['preprocessing']}`; weights sha256 `{spec['sha256']}`.
+"""
+
+
 def model_card(spec: dict[str, Any]) -> str:
+    """The card of a simulated or a real-data bundle."""
+    if "held_out_real" in spec["metrics"]:
+        return real_model_card(spec)
     m = spec["metrics"]["held_out_simulated"]
     t = spec["training"]
     targets = m["targets"]
@@ -37,22 +65,7 @@ retrained on real data.** No labelled chest radiographs were available. The numb
 below are on held-out *simulated* radiographs; they say the model reads the simulated
 signs, not how it performs on real patients, where it is expected to do much worse.
 
-## Intended use
-Quality-control and triage research beside a PACS: flag frontal (PA/AP) chest
-radiographs (CR, DX) for 16 findings so a human reader can prioritise them, and raise
-an operator alert (`urgent`) for {', '.join(spec['urgent'])}. Not a diagnostic device;
-never a replacement for a radiologist's report. Lateral views and non-chest images get a
-`not_applicable` finding instead of flags.
-
-## Model
-ChestNet: a compact ResNet (basic blocks, stages {t['width']}-{8 * t['width']} channels, global
-average + max pooling), trained from scratch, one sigmoid per label (multi-label: a finding
-does not exclude another; no softmax). Input: the image padded to a square (aspect ratio
-kept, not stretched), resized to {spec['input']['size']} px with antialiasing, each image
-normalised by its own {spec['input']['percentiles'][0]:.0%}/{spec['input']['percentiles'][1]:.0%}
-percentiles to [-1, 1] after Modality rescale, VOI (window or VOI LUT) and MONOCHROME1
-inversion. Preprocessing version `{spec['preprocessing']}`; weights sha256 `{spec['sha256']}`.
-
+{_common(spec, 'trained from scratch')}
 ## Training data (simulated)
 `training/chest/simulate.py`: an analytic 3D thorax (body, lungs, heart, mediastinum,
 aortic knob, trachea and bronchi, spine, ribs, clavicles, diaphragm domes, gastric bubble,
@@ -94,4 +107,104 @@ Operating thresholds: {t['threshold_rule']}, chosen on a separate validation set
   NIH labels, which were text-mined from reports and are themselves imperfect).
 - Frontal views only; children, lateral and decubitus views are out of scope.
 - COVID-19 and tuberculosis frequencies are assumptions, not NIH values.
+"""
+
+
+FORMAT_TEXT = {
+    "nih": "NIH ChestX-ray14 (`Data_Entry_2017.csv`): 14 findings text-mined from the "
+           "reports; COVID-19 and tuberculosis are not labelled there",
+    "chexpert": "CheXpert: 7 of the 16 labels (Atelectasis, Cardiomegaly, Consolidation, "
+                "Edema, Effusion, Pneumonia, Pneumothorax) from a report labeller; a blank is "
+                "not stated",
+    "folder": "a folder of DICOM/PNG images labelled by the site (all 16 labels stated)",
+}
+
+
+def _opt(x: float | None) -> str:
+    return "n/a" if x is None else _f(float(x))
+
+
+def real_model_card(spec: dict[str, Any]) -> str:
+    """Card of a bundle retrained on a real dataset: source, split, untrained labels."""
+    m = spec["metrics"]["held_out_real"]
+    t = spec["training"]
+    d, split = t["data"], t["split"]
+    init = t.get("initialised_from")
+    origin = (f"fine-tuned from `{init['bundle']}` ({init['data']}, sha256 "
+              f"`{init['sha256'][:12]}...`)" if init else "trained from scratch")
+    skipped = t["threshold_source"]
+    rows = []
+    for label, v in m["per_label"].items():
+        if not v["trained"]:
+            rows.append(f"| {label} | {v['known']} | {v['positives']} | not trained on this "
+                        f"data | disabled | - | - |")
+            continue
+        note = "" if skipped[label] == "validation" else " (default)"
+        rows.append(f"| {label} | {v['known']} | {v['positives']} | {_opt(v['auc'])} | "
+                    f"{spec['thresholds'][label]:.4f}{note} | {_opt(v['sensitivity'])} | "
+                    f"{_opt(v['specificity'])} |")
+    untrained = spec["not_trained"]["labels"]
+    untrained_text = ("None: every label had positive training images." if not untrained else
+                      ", ".join(f"**{k}** ({v})" for k, v in untrained.items()) +
+                      ". A label not in the dataset was masked out of the loss (no target "
+                      "was invented for it); one without a positive training image was seen "
+                      "only as negative. Their outputs are fixed near 0 with threshold 1.0: "
+                      "the daemon reports them but never flags them.")
+    urgent_off = [u for u in spec["urgent"] if u in untrained]
+    if urgent_off:
+        untrained_text += (f" **The urgent label(s) {', '.join(urgent_off)} are not trained: "
+                           "this bundle raises no urgent alert for them.**")
+    defaults = [k for k, v in skipped.items() if v.startswith("default")]
+    uncertain = (f" CheXpert: {d['uncertain_policy']}; {d['blank_policy']}."
+                 if d.get("uncertain_policy") else "")
+    normal = (f'"normal" (no flag) agrees with the truth on {m["normal_agreement"]:.1%} of the '
+              f"{m['normal_agreement_images']} held-out images that state every trained label."
+              if m["normal_agreement"] is not None else "")
+    return f"""# Model card: chest {spec['version']} (chest radiograph anomaly flags)
+
+**Trained on real data ({spec['data_source']}).** The metrics below are on held-out
+patients of the same dataset; they do not show how the model does at another site, on
+other detectors or in another population. Not a cleared medical device: validate it on
+local images before any clinical use.
+
+{_common(spec, origin)}
+## Training data (real)
+{FORMAT_TEXT[d['format']]}.
+
+{d['n_images']:,} frontal images of {d['n_patients']:,} patients
+({d['unreadable_images_skipped']} unreadable image(s) skipped), split by patient
+({split['rule']}; no patient is in two sets):
+
+| set | images | patients |
+|---|---|---|
+| training | {split['train']['images']} | {split['train']['patients']} |
+| validation (thresholds) | {split['validation']['images']} | {split['validation']['patients']} |
+| held-out (metrics) | {split['held_out']['images']} | {split['held_out']['patients']} |
+
+Each image went through the daemon's own preprocessing, alone, as at inference.
+Loss: {t['loss']}.{uncertain} {t['epochs']} epoch(s) of batches of {t['batch']}
+({t['images_seen']:,} images seen), learning rate {t['lr']:g}, seed {t['seed']}, trained on
+{t['trained_on']} in {t['seconds']} s. Reproduce: `{t['command']}`.
+
+Labels not trained on this data: {untrained_text}
+
+## Held-out metrics (real, {m['n_cases']} images of {split['held_out']['patients']} patients)
+Mean AUC **{_opt(m['mean_auc'])}** over the {m['labels_with_auc']} trained labels with
+positives and negatives among the held-out images that state them (lowest
+{_opt(m['min_auc'])}); each label is scored only on the images that state it. Operating
+thresholds: {t['threshold_rule']}{'; default 0.5 (validation lacks positives or negatives) '
+                                   'for ' + ', '.join(defaults) if defaults else ''}. {normal}
+
+| label | held-out images stating it | positives | AUC | threshold | sensitivity | specificity |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+## Limits
+- Held-out patients come from the same dataset: this is internal validation. Expect
+  lower numbers on another hospital's images; validate locally.
+- Dataset labels come from reports (text-mined or labeller-extracted) and are themselves
+  imperfect; AUC is measured against them, not against a radiologist's reading.
+- Labels with few held-out positives have wide uncertainty; a label marked n/a had no
+  positives (or no negatives) among the held-out images.
+- Frontal views only; children, lateral and decubitus views are out of scope.
 """
