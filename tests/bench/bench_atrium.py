@@ -33,7 +33,7 @@ from qcd.analyzers.atrium.model import UNet2D  # noqa: E402
 from qcd.analyzers.atrium.postprocess import segment  # noqa: E402
 from qcd.analyzers.atrium.preprocess import prepare  # noqa: E402
 from qcd.workers.inference import BatchingPredictor  # noqa: E402
-from tests.bench.report import cpu_model, write_section  # noqa: E402
+from tests.bench.report import cpu_model, header, write_section  # noqa: E402
 from training.atrium.simulate import SimConfig, simulate_case  # noqa: E402
 
 
@@ -125,11 +125,11 @@ def main() -> int:
     if args.out:
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
         write_section(args.out, f"## Atrium inference ({device.type})",
-                      f"Command: `python tests/bench/bench_atrium.py --device {args.device} "
-                      f"--out {args.out}`\n\n- Date: "
-                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- Machine: "
-                      f"{gpu}; {cpu_model()}, {torch.get_num_threads()} torch threads, "
-                      f"torch {torch.__version__}\n\n" + "\n".join(rows) + f"\n\n{summary}")
+                      header(f"python tests/bench/bench_atrium.py --device {args.device} "
+                             f"--out {args.out}",
+                             f"{gpu}; {cpu_model()}, {torch.get_num_threads()} torch threads, "
+                             f"torch {torch.__version__}")
+                      + "\n\n" + "\n".join(rows) + f"\n\n{summary}")
     return 0
 
 

@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from qcd.db.engine import Database  # noqa: E402
 from qcd.web import aggregates, records, seed  # noqa: E402
 from qcd.web.aggregates import Period  # noqa: E402
-from tests.bench.report import machine, write_section  # noqa: E402
+from tests.bench.report import header, machine, write_section  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 INDEXES = (("ix_series_first_received", "series"), ("ix_alerts_state_created", "alerts"))
@@ -132,13 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table))
     if args.out:
         write_section(args.out, "## Dashboard queries",
-                      f"Command: `python tests/bench/bench_dashboard.py --out {args.out}`\n\n"
-                      f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
-                      f"- Machine: {machine()}; PostgreSQL on the same host\n- Data: "
-                      f"{args.findings} seeded findings; median of {args.repeats} runs per "
-                      f"query, with migration 0005's indexes, without them, and with them "
-                      f"again (the peer is the same query without the indexes).\n\n"
-                      + "\n".join(table))
+                      header(f"python tests/bench/bench_dashboard.py --out {args.out}",
+                             f"{machine()}; PostgreSQL on the same host",
+                             f"Data: {args.findings} seeded findings; median of {args.repeats} "
+                             f"runs per query, with migration 0005's indexes, without them, and "
+                             f"with them again (the peer is the same query without the "
+                             f"indexes).")
+                      + "\n\n" + "\n".join(table))
     return 0
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from qcd.analyzers.earl.analyzer import load_model  # noqa: E402
 from qcd.bundles import load_bundle  # noqa: E402
 from qcd.workers.inference import BatchingPredictor  # noqa: E402
-from tests.bench.report import cpu_model, write_section  # noqa: E402
+from tests.bench.report import cpu_model, header, write_section  # noqa: E402
 
 
 def _run(jobs: int, requests: int, call: Callable[[torch.Tensor], torch.Tensor],
@@ -95,11 +95,11 @@ def main() -> int:
     print(summary)
     if args.out:
         write_section(args.out, f"## Batched inference ({device.type})",
-                      f"Command: `python tests/bench/bench_inference.py --device {args.device} "
-                      f"--out {args.out}`\n\n- Date: "
-                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- Machine: "
-                      f"{device} on {cpu_model()}, {torch.get_num_threads()} torch threads, "
-                      f"torch {torch.__version__}\n\n" + "\n".join(rows) + f"\n\n{summary}")
+                      header(f"python tests/bench/bench_inference.py --device {args.device} "
+                             f"--out {args.out}",
+                             f"{device} on {cpu_model()}, {torch.get_num_threads()} torch "
+                             f"threads, torch {torch.__version__}")
+                      + "\n\n" + "\n".join(rows) + f"\n\n{summary}")
     return 0
 
 

@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.report import machine, write_section  # noqa: E402
+from tests.bench.report import header, machine, write_section  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.integration.dcmtk import pynetdicom_echo  # noqa: E402
 
@@ -232,10 +232,9 @@ def main() -> int:
     print(summary)
     if args.out:
         write_section(args.out, f"## Result latency: {args.analyzer} ({args.device})",
-                      f"Command: `python tests/bench/bench_latency.py --analyzer {args.analyzer} "
-                      f"--device {args.device} --out {args.out}`\n\n- Date: "
-                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- Machine: "
-                      f"{machine()}{_gpu()}\n\n" + "\n".join(rows) + f"\n\n{summary}")
+                      header(f"python tests/bench/bench_latency.py --analyzer {args.analyzer} "
+                             f"--device {args.device} --out {args.out}", f"{machine()}{_gpu()}")
+                      + "\n\n" + "\n".join(rows) + f"\n\n{summary}")
     return 0
 
 

@@ -50,7 +50,7 @@ from qcd.db.engine import Database  # noqa: E402
 from qcd.db.models import Finding, Instance, Job, JobState  # noqa: E402
 from qcd.ingest.header import split_part10  # noqa: E402
 from qcd.synth import SeriesSpec, make_study, write_pet_series  # noqa: E402
-from tests.bench.report import machine, write_section  # noqa: E402
+from tests.bench.report import header, machine, write_section  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.integration.dcmtk import PushResult, echoscu, push_concurrently  # noqa: E402
 from tests.integration.orthanc import OrthancServer  # noqa: E402
@@ -259,12 +259,11 @@ def main() -> int:
     print("\n".join(rows))
     if args.out:
         write_section(args.out, "## Fault injection: kill -9 at random moments",
-                      f"Command: `python tests/bench/fault_injection.py --trials {args.trials} "
-                      f"--seed {args.seed} --out {args.out}`\n\n- Date: "
-                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- Machine: "
-                      f"{machine()}\n- Study per trial: 120-slice simulated PET (EARL analyzer,"
-                      f" SR to Orthanc) + 200 CT instances, 2 storescu associations.\n\n"
-                      + "\n".join(rows))
+                      header(f"python tests/bench/fault_injection.py --trials {args.trials} "
+                             f"--seed {args.seed} --out {args.out}", machine(),
+                             "Study per trial: 120-slice simulated PET (EARL analyzer, SR to "
+                             "Orthanc) + 200 CT instances, 2 storescu associations.")
+                      + "\n\n" + "\n".join(rows))
     return 0 if lost == findings_lost == dups == missing_sr == 0 else 1
 
 

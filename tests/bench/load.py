@@ -35,7 +35,7 @@ from sqlalchemy import func, select  # noqa: E402
 from qcd.db.engine import Database  # noqa: E402
 from qcd.db.models import Instance, Job, JobState  # noqa: E402
 from qcd.synth import DEFAULT_STUDY, make_study  # noqa: E402
-from tests.bench.report import machine, write_section  # noqa: E402
+from tests.bench.report import header, machine, write_section  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.integration.dcmtk import echoscu, push_concurrently  # noqa: E402
 
@@ -144,12 +144,11 @@ def main() -> int:
     print("\n".join(rows))
     if args.out:
         write_section(args.out, "## Sustained load: memory, fds, temp files",
-                      f"Command: `python tests/bench/load.py --minutes {args.minutes} --lanes "
-                      f"{args.lanes} --out {args.out}`\n\n- Date: "
-                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n- Machine: "
-                      f"{machine()}\n- Studies: {args.studies} synthetic studies of "
-                      f"{len(studies[0])} instances (CT, PET, MR, DX; several transfer "
-                      f"syntaxes) cycled.\n\n" + "\n".join(rows))
+                      header(f"python tests/bench/load.py --minutes {args.minutes} --lanes "
+                             f"{args.lanes} --out {args.out}", machine(),
+                             f"Studies: {args.studies} synthetic studies of {len(studies[0])} "
+                             f"instances (CT, PET, MR, DX; several transfer syntaxes) cycled.")
+                      + "\n\n" + "\n".join(rows))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
