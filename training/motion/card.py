@@ -34,7 +34,9 @@ def model_card(spec: dict[str, Any]) -> str:
                + "): treat the grade as a screening aid and let the `review` flag route "
                "doubtful scans to an operator.")
     _tuned = (f"chosen on {t['n_val_scans']} validation scans, seed {t.get('val_seed')}, as "
-              f"the largest threshold with >= 98 % sensitivity there; 0.5 is the plain "
+              f"the largest threshold with >= "
+              f"{_pct(t.get('target_sensitivity_on_validation', 0.98))} sensitivity there; "
+              f"0.5 is the plain "
               f"\"grade >= {th['rescan_grade']}\" rule" if t.get("n_val_scans") else
               "not tuned: 0.5 is the plain rule")
     dr = m.get("default_rule")

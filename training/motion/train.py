@@ -65,6 +65,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
               "epochs": 5, "calibration_seeds": 1},
 }
 TARGETS = {"kappa": 0.85, "rescan_sensitivity": 0.95, "rescan_specificity": 0.90}
+TARGET_SENSITIVITY = 0.96
+"""Rescan sensitivity asked of the threshold on validation scans (see choose_rescan_probability)."""
 
 
 @dataclass
@@ -185,18 +187,22 @@ def predict_cumulative(net: MotionNet, x: torch.Tensor, device: torch.device) ->
 
 
 def choose_rescan_probability(net: MotionNet, val: ScanSet, device: torch.device,
-                              target_sensitivity: float = 0.98) -> float:
-    """The largest P(grade >= 4) threshold (<= 0.5) reaching ``target_sensitivity`` on
-    validation scans (never the held-out ones), floored at 0.2."""
+                              target_sensitivity: float = TARGET_SENSITIVITY) -> float:
+    """The largest P(grade >= 4) threshold (<= 0.5, steps of 0.01) reaching
+    ``target_sensitivity`` on validation scans (never the held-out ones), floored at 0.1.
+
+    The largest such threshold buys the most specificity for the sensitivity asked for;
+    the target sits a little above the issue's 95 % so that the held-out rate, which
+    varies by a percent or two between scan sets, still clears it."""
     t = Thresholds()
     p = predict_cumulative(net, val.x, device)[:, t.rescan_grade - 2].numpy()
     positive = val.grade >= t.rescan_grade
     if not positive.any():
         return 0.5
-    for tau in np.round(np.arange(0.5, 0.19, -0.02), 2):
+    for tau in np.round(np.arange(0.5, 0.095, -0.01), 2):
         if (p[positive] >= tau).mean() >= target_sensitivity:
             return float(tau)
-    return 0.2
+    return 0.1
 
 
 def evaluate(net: MotionNet, test: ScanSet, device: torch.device,
@@ -312,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--target-sensitivity", type=float, default=TARGET_SENSITIVITY,
+                   help="rescan sensitivity the threshold must reach on validation scans")
     p.add_argument("--no-calibration", action="store_true")
     p.add_argument("--real-labels", type=Path, metavar="CSV",
                    help="retrain on real scans of a grade table (see training/motion/real.py)")
@@ -337,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"simulated in {time.time() - started:.0f} s; train grades "
           f"{np.bincount(train.grade, minlength=6)[1:].tolist()}", flush=True)
     net = fit(train, cfg["epochs"], device, args.seed, width=args.width)
-    tau = choose_rescan_probability(net, val, device)
+    tau = choose_rescan_probability(net, val, device, args.target_sensitivity)
     thresholds = Thresholds(rescan_probability=tau, borderline_low=min(0.3, tau))
     print(f"rescan probability threshold from validation: {tau}", flush=True)
     metrics = evaluate(net, test, device, thresholds)
@@ -356,10 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     command = (f"python -m training.motion.train --config {args.config} --seed {args.seed} "
                f"--train-scans {cfg['train_scans']} --val-scans {cfg['val_scans']} "
                f"--test-scans {cfg['test_scans']} "
-               f"--epochs {cfg['epochs']} --out {args.out}")
+               f"--target-sensitivity {args.target_sensitivity} --epochs {cfg['epochs']} --out {args.out}")
     training = {"seed": args.seed, "config": args.config, "epochs": cfg["epochs"],
                 "n_train_scans": cfg["train_scans"], "n_val_scans": cfg["val_scans"],
                 "n_test_scans": cfg["test_scans"], "val_seed": args.seed + 3_333_333,
+                "target_sensitivity_on_validation": args.target_sensitivity,
                 "slices_per_scan": N_SLICES, "held_out_seed": args.seed + 7_777_777,
                 "data": "physically simulated HR-pQCT, see MODEL_CARD.md",
                 "trained_on": device_name, "seconds": round(time.time() - started, 1),
