@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from qcd.analyzers.base import Analyzer
 from qcd.assembly import CompletionSweeper
+from qcd.clock import SYSTEM_CLOCK, Clock, Elapsed
 from qcd.config import Settings
 from qcd.db.engine import Database
 from qcd.db.queries import job_counts
@@ -28,7 +29,7 @@ from qcd.metrics import Metrics
 from qcd.outputs.alerts import AlertDispatcher, raise_from_findings
 from qcd.outputs.delivery import DeliveryWorker
 from qcd.outputs.reports import ReportBuilder
-from qcd.scheduler import add_interval, build_scheduler
+from qcd.scheduler import IntervalJobs, build_scheduler
 from qcd.spool import Spool
 from qcd.web.aggregates import metric_rows
 from qcd.web.app import Dashboard
@@ -54,7 +55,8 @@ def configure_pynetdicom() -> None:
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 
 
-def build_ingest(settings: Settings, metrics: Metrics) -> tuple[Database, Spool, IngestService]:
+def build_ingest(settings: Settings, metrics: Metrics, clock: Clock = SYSTEM_CLOCK,
+                 activity: Elapsed | None = None) -> tuple[Database, Spool, IngestService]:
     """The pieces every ingest path needs (the SCP and ``qcd import``)."""
     db = Database(settings.database.url, echo=settings.database.echo)
     if settings.database.auto_upgrade:
@@ -62,25 +64,33 @@ def build_ingest(settings: Settings, metrics: Metrics) -> tuple[Database, Spool,
     else:
         db.check()
     spool = Spool(settings.spool.path, settings.spool.min_free_bytes, settings.spool.fsync)
-    service = IngestService(spool, db, metrics, settings.assembly.reopen_on_late_instance)
+    service = IngestService(spool, db, metrics, settings.assembly.reopen_on_late_instance,
+                            clock, activity)
     return db, spool, service
 
 
 class Daemon:
-    """``qcd serve``: listener, spool, database, scheduler and health endpoints."""
+    """``qcd serve``: listener, spool, database, scheduler and health endpoints.
 
-    def __init__(self, settings: Settings, registry: Mapping[str, Analyzer] | None = None) -> None:
+    ``clock`` is the time source of every part (tests pass one whose wall clock jumps).
+    """
+
+    def __init__(self, settings: Settings, registry: Mapping[str, Analyzer] | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         configure_pynetdicom()
         self.settings = settings
+        self.clock = clock
         if registry is None:
             from qcd.analyzers.registry import REGISTRY  # loads torch: only when serving
 
             registry = REGISTRY
         self.registry = dict(registry)
         self.metrics = Metrics()
-        self.db, self.spool, self.service = build_ingest(settings, self.metrics)
+        activity = Elapsed(clock)  # series -> last instance, shared by ingest and completion
+        self.db, self.spool, self.service = build_ingest(settings, self.metrics, clock, activity)
         self.scp = StorageSCP(settings.node.ae_title, settings.ingest, self.service, self.metrics)
-        self.sweeper = CompletionSweeper(settings, self.db, self.metrics, self.registry.keys())
+        self.sweeper = CompletionSweeper(settings, self.db, self.metrics, self.registry.keys(),
+                                         clock, activity)
         self.runtime = LocalRuntime(settings.inference)
         self.executor: LocalExecutor | TaskPublisher
         if settings.workers.mode == "distributed":  # jobs run in `qcd worker` processes
@@ -92,8 +102,9 @@ class Daemon:
                 settings.workers, self.db, self.metrics, self.registry, self.spool.root,
                 self.runtime,
                 on_done=lambda job_id: raise_from_findings(self.db, job_id,
-                                                           settings.alerts.rules))
-        self.alerts = AlertDispatcher(self.db, settings.alerts)
+                                                           settings.alerts.rules),
+                clock=clock)
+        self.alerts = AlertDispatcher(self.db, settings.alerts, clock=clock)
         self.reports = ReportBuilder(self.db, self.spool.root, Path(settings.outputs.path),
                                      settings.delivery.destinations, self.metrics,
                                      harmonise_to=(settings.audit.harmonise_to
@@ -101,8 +112,9 @@ class Daemon:
                                                    else None),
                                      harmonise_analyzer=settings.audit.analyzer)
         self.delivery = DeliveryWorker(self.db, settings.delivery, metrics=self.metrics,
-                                       root=settings.outputs.path)
-        self.scheduler = build_scheduler()
+                                       root=settings.outputs.path, clock=clock)
+        self.intervals = IntervalJobs()  # monotonic: see qcd/scheduler.py
+        self.scheduler = build_scheduler()  # wall-clock schedules (the audit's crontab)
         self.metrics.watch_spool(lambda: float(self.spool.free_bytes()))
         self.metrics.watch_queue(lambda: job_counts(self.db))
         self.http: HealthServer | None = None
@@ -115,7 +127,8 @@ class Daemon:
                 lambda: metric_rows(dashboard.read if dashboard is not None else self.db))
             self.http = HealthServer(
                 settings.http.host, settings.http.port, self.metrics.registry,
-                liveness={"scheduler": lambda: bool(self.scheduler.running)},
+                liveness={"scheduler": lambda: self.intervals.running
+                          and bool(self.scheduler.running)},
                 readiness={
                     "dicom_listener": lambda: self.scp.server is not None,
                     "database": self._db_ok,
@@ -134,23 +147,25 @@ class Daemon:
     def start(self) -> None:
         self.spool.cleanup_temp()
         self.scp.start()
-        add_interval(self.scheduler, "completion-sweep", self.sweeper.sweep,
-                     self.settings.assembly.sweep_interval_seconds)
-        add_interval(self.scheduler, "job-recovery", self.executor.recover,
-                     min(30.0, self.settings.workers.lease_seconds / 4))
+        jobs = self.intervals
+        jobs.add("completion-sweep", self.sweeper.sweep,
+                 self.settings.assembly.sweep_interval_seconds)
+        jobs.add("job-recovery", self.executor.recover,
+                 min(30.0, self.settings.workers.lease_seconds / 4))
         if self.settings.outputs.enabled:
-            add_interval(self.scheduler, "report-build", self.reports.sweep,
-                         self.settings.outputs.sweep_interval_seconds)
+            jobs.add("report-build", self.reports.sweep,
+                     self.settings.outputs.sweep_interval_seconds)
         if self.settings.alerts.webhooks or self.settings.alerts.emails:
-            add_interval(self.scheduler, "alert-dispatch", self.alerts.sweep,
-                         self.settings.alerts.sweep_interval_seconds)
+            jobs.add("alert-dispatch", self.alerts.sweep,
+                     self.settings.alerts.sweep_interval_seconds)
         if self.settings.delivery.destinations:
-            add_interval(self.scheduler, "delivery-sweep", self.delivery.sweep,
-                         self.settings.delivery.sweep_interval_seconds)
+            jobs.add("delivery-sweep", self.delivery.sweep,
+                     self.settings.delivery.sweep_interval_seconds)
         if self.settings.audit.schedule:
             from qcd.audit.runner import add_audit_job
 
             add_audit_job(self.scheduler, self.settings, self.db, self.service)
+        self.intervals.start()
         self.scheduler.start()
         self.executor.start()
         if self.http is not None:
@@ -162,6 +177,7 @@ class Daemon:
         """Drain associations, stop the scheduler, close everything."""
         LOGGER.info("shutting down: draining associations")
         aborted = self.scp.stop()
+        self.intervals.shutdown()
         self.scheduler.shutdown(wait=True)
         self.executor.stop()
         self.runtime.close()

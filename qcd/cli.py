@@ -50,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--to", required=True, metavar="HOST:PORT")
     send.add_argument("--aec", default="QCD", help="called AE title (default QCD)")
     send.add_argument("--aet", default="QCDSEND", help="calling AE title (default QCDSEND)")
+    send.add_argument("--tls", action="store_true",
+                      help="DICOM TLS; the peer's certificate is verified (system CAs unless "
+                           "--tls-ca)")
+    send.add_argument("--tls-ca", metavar="PEM", help="CA bundle for the peer (implies --tls)")
+    send.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    send.add_argument("--tls-key", metavar="PEM", help="client key, owner-only (mutual TLS)")
+    send.add_argument("--tls-server-name", metavar="NAME", default="",
+                      help="name the certificate must carry (default: the --to host)")
+    send.add_argument("--tls-no-check-hostname", action="store_true",
+                      help="accept a certificate of the CA that names another host")
     imp = sub.add_parser("import", help="ingest files from disk through the SCP's path")
     imp.add_argument("paths", nargs="+", help="files or directories")
     analyze = sub.add_parser("analyze", help="run the applicable analyzers on a DICOM folder")
@@ -196,7 +206,9 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 def _send(settings: Settings, args: argparse.Namespace) -> int:
     from qcd.app import configure_pynetdicom
     from qcd.importer import iter_files
+    from qcd.config import validate_client_tls
     from qcd.ingest.status import NAMES
+    from qcd.outputs.settings import ClientTlsSettings
     from qcd.scu import send_files
 
     configure_pynetdicom()
@@ -204,7 +216,15 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     if not host or not port.isdigit():
         print("qcd: --to must be HOST:PORT", file=sys.stderr)
         return 2
-    results = send_files(list(iter_files(args.paths)), host, int(port), args.aec, args.aet)
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+        tls = ClientTlsSettings(enabled=True, ca_file=args.tls_ca or "",
+                                check_hostname=not args.tls_no_check_hostname,
+                                server_name=args.tls_server_name, cert_file=args.tls_cert or "",
+                                key_file=args.tls_key or "")
+        validate_client_tls("send --tls", tls)
+    results = send_files(list(iter_files(args.paths)), host, int(port), args.aec, args.aet,
+                         tls=tls)
     failed = 0
     for r in results:
         if r.status != 0:

@@ -23,7 +23,8 @@ from typing import Any
 
 from qcd.errors import ConfigError
 from qcd.outputs.alert_settings import SEVERITIES, AlertSettings
-from qcd.outputs.settings import DeliverySettings, OutputSettings
+from qcd.outputs.settings import ClientTlsSettings, DeliverySettings, OutputSettings
+from qcd.secrets import check_private_file, pem_has_private_key
 from qcd.workers.inference import DEVICE_CHOICES, DEVICE_RE, InferenceSettings
 
 ENV_PREFIX = "QCD_"
@@ -276,6 +277,8 @@ class AuditSettings:
     """Failed retrieves of a series are retried by later runs up to this many times."""
     timeout: float = 600.0
     """Seconds one retrieve (and one query) may take."""
+    tls: ClientTlsSettings = field(default_factory=ClientTlsSettings)
+    """DICOM TLS for the C-FIND/C-MOVE/C-GET associations with the PACS."""
     stale_seconds: float = 3600.0
     """A RETRIEVING row older than this belongs to a dead run and is retried."""
     write_back_harmonised: bool = False
@@ -467,12 +470,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported settings type {tp!r} for {key}")  # programming error
 
 
+def _need(ok: bool, key: str, allowed: str, value: Any) -> None:
+    """Raise the one ConfigError format: the key, the bad value, what is allowed."""
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {allowed}")
+
+
 def _validate(s: Settings) -> None:
     """Range and enum checks that types alone cannot express."""
-
-    def need(ok: bool, key: str, allowed: str, value: Any) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {allowed}")
+    need = _need
 
     for key, aet in [("node.ae_title", s.node.ae_title)] + [
         (f"ingest.allowed_calling_aets[{i}]", a)
@@ -577,6 +583,9 @@ def _validate(s: Settings) -> None:
                 need(bool(AE_TITLE_RE.match(aet)), f"{key}.{name}",
                      "1-16 printable ASCII characters, no backslash", aet)
         need(dest.timeout > 0, f"{key}.timeout", "a number of seconds > 0", dest.timeout)
+        need(not (dest.tls.enabled and dest.stow_url), f"{key}.tls.enabled",
+             "false for a stow_url destination (use an https:// URL)", dest.tls.enabled)
+        _validate_client_tls(f"{key}.tls", dest.tls, need)
     need(1 <= d.max_attempts <= 100, "delivery.max_attempts", "1-100", d.max_attempts)
     for name in ("backoff_seconds", "sweep_interval_seconds"):
         value = getattr(d, name)
@@ -661,9 +670,43 @@ def _validate_audit(s: Settings, need: typing.Callable[[bool, str, str, Any], No
         need(value > 0, f"audit.{name}", "a number of seconds > 0", value)
     need(a.harmonise_to in ("EARL1", "EARL2"), "audit.harmonise_to", "EARL1, EARL2",
          a.harmonise_to)
+    _validate_client_tls("audit.tls", a.tls, need)
     need(not a.write_back_harmonised or s.outputs.enabled, "audit.write_back_harmonised",
          "false while outputs.enabled is false (copies are written with the reports)",
          a.write_back_harmonised)
+
+
+def validate_client_tls(key: str, tls: ClientTlsSettings) -> None:
+    """Check outgoing-TLS settings built elsewhere (``qcd send`` flags) like the config's."""
+    _validate_client_tls(key, tls, _need)
+
+
+def _validate_client_tls(key: str, tls: ClientTlsSettings,
+                         need: typing.Callable[[bool, str, str, Any], None]) -> None:
+    """Outgoing TLS: files exist, a client key comes with its certificate and is owner-only.
+
+    Raises
+    ------
+    ConfigError
+        Names the key (e.g. ``delivery.destinations[0].tls.key_file``) and what is allowed;
+        a key file open to group or others fails :func:`qcd.secrets.check_private_file`.
+    """
+    if not tls.enabled:
+        return
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(tls, name)
+        need(not value or Path(value).is_file(), f"{key}.{name}",
+             "an existing PEM file, or empty", value)
+    need(bool(tls.cert_file) == bool(tls.key_file) or pem_has_private_key(tls.cert_file),
+         f"{key}.key_file", "set together with cert_file (mutual TLS), or both empty",
+         tls.key_file)
+    need(tls.server_name == "" or re.match(r"^[A-Za-z0-9.:-]{1,253}$", tls.server_name)
+         is not None, f"{key}.server_name", "empty or a DNS name / IP address",
+         tls.server_name)
+    if tls.key_file:
+        check_private_file(tls.key_file, f"{key}.key_file")
+    if tls.cert_file and tls.cert_file != tls.key_file and pem_has_private_key(tls.cert_file):
+        check_private_file(tls.cert_file, f"{key}.cert_file (it holds a private key)")
 
 
 def _validate_alerts(s: Settings, need: typing.Callable[[bool, str, str, Any], None]) -> None:

@@ -3,8 +3,10 @@
 qcd never takes a secret from its TOML file (that file is printed by ``qcd
 check-config``, copied around and checked in). Secrets come from:
 
-* **private key files** (``ingest.tls.key_file``): the file must not be readable or
-  writable by group or others, else qcd refuses to start (:func:`check_private_file`);
+* **private key files** (``ingest.tls.key_file``, and the client keys of outgoing TLS:
+  ``delivery.destinations[].tls.key_file``, ``audit.tls.key_file``): the file must not
+  be readable or writable by group or others, else qcd refuses to start
+  (:func:`check_private_file`);
 * **environment variables** named in the config (``alerts.webhooks[].secret_env``,
   ``delivery.destinations[].auth_env``), or, when the variable itself is not set, a file
   named by ``<VARIABLE>_FILE`` (the Docker/systemd credentials convention), which must

@@ -16,14 +16,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
 from qcd.errors import ExportError
-from qcd.ingest.scp import set_nodelay
+from qcd.outputs.settings import ClientTlsSettings
+from qcd.scu import associate, new_ae
 
 LOGGER = logging.getLogger(__name__)
 PENDING = (0xFF00, 0xFF01)
@@ -38,6 +38,8 @@ class Peer:
     ae_title: str
     calling_ae: str
     timeout: float = 60.0
+    tls: ClientTlsSettings = ClientTlsSettings()
+    """DICOM TLS towards the PACS (``[audit.tls]``)."""
 
 
 @dataclass(frozen=True)
@@ -111,11 +113,9 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def _associate(peer: Peer) -> Association:
-    ae = AE(ae_title=peer.calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout
+    ae = new_ae(peer.calling_ae, peer.timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
+    assoc = associate(ae, peer.host, peer.port, peer.ae_title, peer.tls, where="audit.tls")
     if not assoc.is_established:
         raise ExportError(f"C-FIND: association with {peer.ae_title}@{peer.host}:{peer.port} "
                           "was not established (is the PACS up and does it know our AE?)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
@@ -22,8 +22,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from qcd.audit.query import PENDING, Peer, SeriesCandidate
 from qcd.ingest import status
-from qcd.ingest.scp import set_nodelay
 from qcd.ingest.service import IngestService
+from qcd.scu import associate, new_ae
 
 LOGGER = logging.getLogger(__name__)
 MAX_GET_CONTEXTS = 127  # one context is the C-GET model itself (PS3.8: 128 at most)
@@ -76,13 +76,11 @@ def _final(responses: Any, expected: int | None) -> RetrieveResult:
 
 def retrieve_move(peer: Peer, candidate: SeriesCandidate, destination: str) -> RetrieveResult:
     """C-MOVE the series to ``destination`` (our own AE title); never raises."""
-    ae = AE(ae_title=peer.calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout
+    ae = new_ae(peer.calling_ae, peer.timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
-    except Exception as exc:  # socket errors surface here on some platforms
+        assoc = associate(ae, peer.host, peer.port, peer.ae_title, peer.tls, where="audit.tls")
+    except Exception as exc:  # unreachable, TLS refused, unusable TLS files
         return RetrieveResult(False, error=f"cannot connect: {exc}")
     if not assoc.is_established:
         return RetrieveResult(False, error=f"association with {peer.ae_title} not established")
@@ -98,8 +96,7 @@ def retrieve_move(peer: Peer, candidate: SeriesCandidate, destination: str) -> R
 def retrieve_get(peer: Peer, candidate: SeriesCandidate, service: IngestService
                  ) -> RetrieveResult:
     """C-GET the series; each instance goes through ``service`` (spool + DB); never raises."""
-    ae = AE(ae_title=peer.calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout
+    ae = new_ae(peer.calling_ae, peer.timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     roles: list[Any] = []
     for context in StoragePresentationContexts[:MAX_GET_CONTEXTS]:
@@ -121,10 +118,9 @@ def retrieve_get(peer: Peer, candidate: SeriesCandidate, service: IngestService
         return rsp
 
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=roles,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay),
-                                           (evt.EVT_C_STORE, on_store)])
-    except Exception as exc:
+        assoc = associate(ae, peer.host, peer.port, peer.ae_title, peer.tls, where="audit.tls",
+                          ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    except Exception as exc:  # unreachable, TLS refused, unusable TLS files
         return RetrieveResult(False, error=f"cannot connect: {exc}")
     if not assoc.is_established:
         return RetrieveResult(False, error=f"association with {peer.ae_title} not established")

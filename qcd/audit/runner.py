@@ -80,7 +80,7 @@ def peer_from(settings: Settings) -> Peer:
         raise ConfigError("audit.pacs_host: no PACS configured for the audit "
                           "(set [audit] pacs_host, pacs_port, pacs_ae_title)")
     return Peer(a.pacs_host, a.pacs_port, a.pacs_ae_title,
-                a.calling_ae_title or settings.node.ae_title, a.timeout)
+                a.calling_ae_title or settings.node.ae_title, a.timeout, a.tls)
 
 
 def default_filters(settings: Settings, date_from: dt.date | None = None,

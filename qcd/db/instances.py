@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -26,6 +27,8 @@ class Recorded:
     series_id: int
     new_instance: bool
     reopened: bool
+    received_at: dt.datetime | None = None
+    """The series' ``last_received_at`` as written (None: nothing written)."""
 
 
 class StoredFile(Protocol):
@@ -48,8 +51,12 @@ def record_instance(
     *,
     calling_ae: str | None,
     reopen_completed: bool,
+    now: dt.datetime | None = None,
 ) -> Recorded:
     """Insert (idempotently) the instance row and touch its study and series.
+
+    ``now`` (default: the wall clock) becomes the instance's ``received_at`` and the
+    series' ``last_received_at``.
 
     Concurrent associations may create the same study or series at once; the
     loser of the unique-constraint race retries and finds the winner's row.
@@ -63,7 +70,8 @@ def record_instance(
     for _ in range(_RETRIES):
         try:
             with db.session() as session:
-                return _record(session, header, stored, calling_ae, reopen_completed)
+                return _record(session, header, stored, calling_ae, reopen_completed,
+                               now or utcnow())
         except IntegrityError as exc:
             last_exc = exc
             continue
@@ -78,8 +86,8 @@ def _record(
     stored: StoredFile,
     calling_ae: str | None,
     reopen_completed: bool,
+    now: dt.datetime,
 ) -> Recorded:
-    now = utcnow()
     study = session.scalars(select(Study).where(Study.study_uid == h.study_uid)).one_or_none()
     if study is None:
         study = Study(study_uid=h.study_uid, accession_number=h.accession_number,
@@ -131,4 +139,4 @@ def _record(
         else:
             LOGGER.info("late instance kept for completed series %s (re-open disabled)",
                         h.series_uid)
-    return Recorded(series.id, new_instance=True, reopened=reopened)
+    return Recorded(series.id, new_instance=True, reopened=reopened, received_at=now)

@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from qcd.clock import SYSTEM_CLOCK, Clock, Elapsed
 from qcd.db.engine import Database
 from qcd.db.instances import record_instance
 from qcd.errors import DatabaseError, IngestError
@@ -40,13 +41,21 @@ class IngestService:
         Collaborators built by the composition root.
     reopen_completed
         Whether a late instance re-opens a completed series.
+    clock
+        Where ``received_at`` comes from.
+    activity
+        Told (series id, ``last_received_at``) of every new instance, so the completion
+        sweep measures the quiet period from that moment on the monotonic clock.
     """
 
-    def __init__(self, spool: Spool, db: Database, metrics: Metrics, reopen_completed: bool):
+    def __init__(self, spool: Spool, db: Database, metrics: Metrics, reopen_completed: bool,
+                 clock: Clock = SYSTEM_CLOCK, activity: Elapsed | None = None):
         self.spool = spool
         self.db = db
         self.metrics = metrics
         self.reopen_completed = reopen_completed
+        self.clock = clock
+        self.activity = activity
 
     def store(
         self,
@@ -71,7 +80,8 @@ class IngestService:
             header = parse_header(part10, sop_class_uid, sop_uid, transfer_syntax)
             spooled = self.spool.store(header.study_uid, header.series_uid, header.sop_uid, part10)
             recorded = record_instance(self.db, header, spooled, calling_ae=calling_ae,
-                                       reopen_completed=self.reopen_completed)
+                                       reopen_completed=self.reopen_completed,
+                                       now=self.clock.wall())
         except IngestError as exc:
             LOGGER.warning("refused SOP instance %s from %s: 0x%04X %s",
                            sop_uid if _printable(sop_uid) else "<invalid>", ae_label,
@@ -89,6 +99,8 @@ class IngestService:
             return StoreResult(status.PROCESSING_FAILURE, "internal error in qcd")
         finally:
             self.metrics.store_seconds.observe(time.perf_counter() - started)
+        if self.activity is not None and recorded.received_at is not None:
+            self.activity.note(recorded.series_id, recorded.received_at)
         modality = header.modality or "-"
         self.metrics.instances_received.labels(calling_ae=ae_label, modality=modality).inc()
         self.metrics.bytes_received.labels(calling_ae=ae_label, modality=modality).inc(

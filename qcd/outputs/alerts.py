@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass
 from email.message import EmailMessage
 from typing import Protocol
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from qcd.clock import SYSTEM_CLOCK, Clock, due
 from qcd.db.models import AlertNotification, NotificationState
 from qcd.db.engine import Database
 from qcd.db.models import Alert, AlertState, Finding, Job, JobState, Series, utcnow
@@ -332,6 +333,8 @@ class AlertDispatcher:
     senders
         Per channel name; replaces the default sender built from the settings
         (:class:`WebhookSender`, :class:`EmailSender`) for the names it contains.
+    clock
+        Where ``now`` comes from when :meth:`sweep` is not given one.
 
     Raises
     ------
@@ -342,8 +345,10 @@ class AlertDispatcher:
     """
 
     def __init__(self, db: Database, settings: AlertSettings,
-                 senders: Mapping[str, Sender] | None = None) -> None:
+                 senders: Mapping[str, Sender] | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.db = db
+        self.clock = clock
         self.settings = settings
         names = [c.name for c in settings.webhooks] + [c.name for c in settings.emails]
         if len(set(names)) != len(names):
@@ -364,6 +369,13 @@ class AlertDispatcher:
         longest = max([c.timeout for c in settings.webhooks] +
                       [c.timeout for c in settings.emails] + [10.0])
         self.claim_lease = dt.timedelta(seconds=4 * longest)
+        lease = self.claim_lease.total_seconds()
+        self._waits = {k: max(self._delay(k) if k else 0.0, lease)
+                       for k in range(settings.max_attempts)}
+        """Attempts so far -> longest wait a row can have been given (see qcd.clock.due)."""
+
+    def _delay(self, attempts: int) -> float:
+        return min(self.settings.retry_seconds * 2 ** (attempts - 1), MAX_RETRY_DELAY)
 
     def sweep(self, now: dt.datetime | None = None) -> dict[str, int]:
         """Route new alerts, then send every due notification once.
@@ -371,7 +383,7 @@ class AlertDispatcher:
         Returns counts: ``routed`` (new notification rows), ``sent``, ``retried``,
         ``dead`` and ``suppressed``.
         """
-        at = now or utcnow()
+        at = now or self.clock.wall()
         counts = {"routed": self._route(at), "sent": 0, "retried": 0, "dead": 0,
                   "suppressed": 0}
         claimed = self._claim(at, counts)
@@ -417,8 +429,8 @@ class AlertDispatcher:
                 select(AlertNotification)
                 .where(AlertNotification.state == NotificationState.PENDING,
                        AlertNotification.channel.in_(list(self.senders)),
-                       or_(AlertNotification.next_attempt_at.is_(None),
-                           AlertNotification.next_attempt_at <= now))
+                       due(AlertNotification.next_attempt_at, AlertNotification.attempts, now,
+                           self._waits))
                 .order_by(AlertNotification.id))
             if not self.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
@@ -479,7 +491,7 @@ class AlertDispatcher:
                 row.last_error = result.detail[:2000] or None
                 outcome = "sent"
             elif not result.permanent and row.attempts < s.max_attempts:
-                delay = min(s.retry_seconds * 2 ** (row.attempts - 1), MAX_RETRY_DELAY)
+                delay = self._delay(row.attempts)
                 row.next_attempt_at = now + dt.timedelta(seconds=delay)
                 row.last_error = result.detail[:2000]
                 outcome = "retried"

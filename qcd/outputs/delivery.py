@@ -9,7 +9,8 @@ one alert).
 Delivery is at-least-once and every retry sends the same file, so a PACS may see an
 object twice but always under the same SOP Instance UID: never as a new instance. A
 worker that dies mid-send leaves its rows PENDING under a claim lease; they are sent
-again once the lease has passed.
+again once the lease has passed. A wall clock that goes back does not hold retries for
+the length of the jump (:func:`qcd.clock.due`).
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter
 from pydicom.uid import UID
-from pynetdicom import AE, evt
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from qcd.clock import SYSTEM_CLOCK, Clock, due
 from qcd.db.engine import Database
 from qcd.db.models import Alert, Delivery, DeliveryState, utcnow
-from qcd.errors import IngestError
+from qcd.errors import IngestError, QcdError
 from qcd.ingest.header import split_part10
 from qcd.outputs.dicomweb import StowSender
 from qcd.outputs.settings import DeliverySettings, Destination, SendOutcome
+from qcd.scu import associate, client_context, new_ae
 
 __all__ = ["DeliverySettings", "Destination", "DeliveryWorker", "DicomSender", "SendOutcome",
            "StowSender", "TransportSender", "enqueue"]
@@ -112,27 +114,23 @@ class DicomSender:
     def _send_group(
         self, dest: Destination, files: list[tuple[int, Path, str, str]]
     ) -> dict[int, SendOutcome]:
-        # scp imports qcd.config, which imports this module for its settings: import late
-        from qcd.ingest.scp import set_nodelay
-
         peer = f"{dest.ae_title}@{dest.host}:{dest.port}"
-        ae = AE(ae_title=dest.calling_ae)
-        ae.connection_timeout = dest.timeout
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout
+        ae = new_ae(dest.calling_ae, dest.timeout)
         for sop_class, syntax in sorted({(c, t) for _, _, c, t in files}):
             ae.add_requested_context(sop_class, syntax)
         try:
-            assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                                 evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
-        except OSError as exc:  # e.g. an unknown host name: pynetdicom lets it through
-            return {i: SendOutcome(None, f"cannot associate with {peer}: {exc}")
-                    for i, *_ in files}
+            assoc = associate(ae, dest.host, dest.port, dest.ae_title, dest.tls,
+                              where=f"delivery destination {dest.name} tls")
+        except QcdError as exc:  # unreachable, TLS refused, or unusable TLS files: retry
+            return {i: SendOutcome(None, str(exc)) for i, *_ in files}
         if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:
             # the peer answered but refused every context; pynetdicom then aborts
             return {i: _refused(peer, c, t) for i, _, c, t in files}
         if not assoc.is_established:
             why = ("rejected the association" if assoc.is_rejected else
                    "unreachable, or the association was aborted or timed out")
+            if dest.tls.enabled and not assoc.is_rejected:  # TLS 1.3 reports this late
+                why += " (over TLS: the peer may require a client certificate or refuse ours)"
             return {i: SendOutcome(None, f"{peer} {why}") for i, *_ in files}
         outcomes: dict[int, SendOutcome] = {}
         try:
@@ -291,6 +289,14 @@ class DeliveryWorker:
         outcome ``sent``, ``retried`` or ``dead``.
     root
         Base directory for relative paths in the outbox.
+    clock
+        Where ``now`` comes from when :meth:`sweep` is not given one.
+
+    Raises
+    ------
+    ConfigError
+        A destination's TLS files cannot be used (checked here so ``qcd serve`` fails at
+        start instead of retrying every delivery).
     """
 
     def __init__(
@@ -300,8 +306,10 @@ class DeliveryWorker:
         sender: Sender | None = None,
         metrics: DeliveryMetrics | None = None,
         root: str | Path | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.db = db
+        self.clock = clock
         self.settings = settings
         self.sender: Sender = sender if sender is not None else TransportSender()
         self.metrics = metrics
@@ -309,9 +317,21 @@ class DeliveryWorker:
         self.destinations = {d.name: d for d in settings.destinations}
         if len(self.destinations) != len(settings.destinations):
             raise ValueError("destination names must be unique")
+        for i, dest in enumerate(settings.destinations):
+            if dest.tls.enabled and not dest.stow_url:  # fail at start, not at the first send
+                client_context(dest.tls, f"delivery.destinations[{i}].tls")
         longest = max((d.timeout for d in settings.destinations), default=30.0)
         self.claim_lease = dt.timedelta(seconds=(settings.batch + 2) * longest)
         """How long claimed rows stay invisible: a batch where every file times out."""
+        lease = self.claim_lease.total_seconds()
+        self._waits = {k: max(self._delay(k) if k else 0.0, lease)
+                       for k in range(settings.max_attempts)}
+        """Attempts so far -> the longest a row can have been told to wait (back-off or
+        claim lease): a row waiting longer was scheduled before the clock went back."""
+
+    def _delay(self, attempts: int) -> float:
+        s = self.settings
+        return min(s.backoff_seconds * 2 ** (attempts - 1), s.max_backoff_seconds)
 
     def sweep(self, now: dt.datetime | None = None) -> dict[str, int]:
         """Deliver every due row, one claimed batch after another.
@@ -321,7 +341,7 @@ class DeliveryWorker:
         """
         counts = {"claimed": 0, "sent": 0, "retried": 0, "dead": 0}
         while True:
-            at = now or utcnow()
+            at = now or self.clock.wall()
             claimed = self._claim(at)
             counts["claimed"] += len(claimed)
             by_dest: dict[str, list[_Claimed]] = {}
@@ -341,7 +361,7 @@ class DeliveryWorker:
                 select(Delivery)
                 .where(Delivery.state == DeliveryState.PENDING,
                        Delivery.destination.in_(list(self.destinations)),
-                       or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now))
+                       due(Delivery.next_attempt_at, Delivery.attempts, now, self._waits))
                 .order_by(Delivery.id)
                 .limit(self.settings.batch)
             )
@@ -396,7 +416,7 @@ class DeliveryWorker:
                     row.last_error = text or None  # a warning status, kept for the record
                     outcome = "sent"
                 elif verdict is Verdict.TRANSIENT and row.attempts < s.max_attempts:
-                    delay = min(s.backoff_seconds * 2 ** (row.attempts - 1), s.max_backoff_seconds)
+                    delay = self._delay(row.attempts)
                     row.next_attempt_at = now + dt.timedelta(seconds=delay)
                     row.last_error = text[:2000]
                     outcome = "retried"

@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ClientTlsSettings:
+    """TLS on an association qcd opens (to a PACS): who the peer must be, who we are.
+
+    The peer's certificate is always verified; there is no setting that turns that off.
+    """
+
+    enabled: bool = False
+    ca_file: str = ""
+    """PEM CA bundle the peer's certificate must chain to; empty = the system trust store."""
+    check_hostname: bool = True
+    """The certificate must name the host we connect to (``server_name`` if set)."""
+    server_name: str = ""
+    """Name checked against the certificate and sent as SNI; empty = the host itself
+    (set it when connecting by IP address to a PACS whose certificate names its DNS name)."""
+    cert_file: str = ""
+    """Our client certificate (PEM) for mutual TLS; empty = none offered."""
+    key_file: str = ""
+    """Its private key (PEM, owner-only: mode 0600 or 0400); required with ``cert_file``."""
+
 
 @dataclass(frozen=True)
 class Destination:
@@ -22,6 +44,8 @@ class Destination:
     C-STORE; host, port and AE titles are then unused."""
     auth_env: str = ""
     """Environment variable holding the HTTP Authorization header value for STOW-RS."""
+    tls: ClientTlsSettings = field(default_factory=ClientTlsSettings)
+    """DICOM TLS for C-STORE (``stow_url`` destinations use https:// instead)."""
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,10 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from qcd.analyzers.base import Analyzer
+from qcd.clock import Elapsed
 from qcd.config import Settings
 from qcd.db.engine import Database
 from qcd.db.models import Job, JobState, utcnow
@@ -76,7 +77,7 @@ def claim_job(
             LOGGER.warning("job %d: worker %s is gone; taking it over", job.id, job.worker)
         elif job.state != JobState.QUEUED:
             return job.state.value.lower()
-        elif job.not_before is not None and job.not_before > now:
+        elif queue.backing_off(job, now):
             return "later"
         if job.attempts >= max_attempts:
             job.state = JobState.FAILED
@@ -103,6 +104,7 @@ class TaskPublisher:
         self.db = db
         self.analyzers = sorted(analyzers)
         self.app = app if app is not None else make_celery(settings.celery, self.analyzers)
+        self._leases = Elapsed()
         self._published: dict[int, tuple[int, float]] = {}
         """job id -> (attempts when published, monotonic time)."""
         self._stop = threading.Event()
@@ -127,7 +129,8 @@ class TaskPublisher:
 
     def recover(self) -> None:
         """Scheduler job: re-queue jobs whose worker died (lease expired or pid gone)."""
-        queue.requeue_expired(self.db, self.settings.workers.max_attempts)
+        queue.requeue_expired(self.db, self.settings.workers.max_attempts,
+                              elapsed=self._leases)
         queue.release_dead_local(self.db)
 
     def _loop(self) -> None:
@@ -145,7 +148,7 @@ class TaskPublisher:
             rows = session.execute(
                 select(Job.id, Job.analyzer, Job.attempts)
                 .where(Job.state == JobState.QUEUED, Job.analyzer.in_(self.analyzers),
-                       or_(Job.not_before.is_(None), Job.not_before <= now))
+                       queue.runnable(now))
                 .order_by(Job.id)
             ).all()
         queued = {r[0] for r in rows}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from qcd.analyzers.base import Analyzer, SeriesInput
 from qcd.bundles import models_root
+from qcd.clock import SYSTEM_CLOCK, Clock, Elapsed
 from qcd.config import WorkerSettings
 from qcd.db.engine import Database
 from qcd.errors import DatabaseError, InferenceError
@@ -39,12 +40,14 @@ class LocalExecutor:
     on_done
         Called with the job id after its findings are stored (raises operator alerts);
         its errors are logged, never lost into the job's state.
+    clock
+        Where time is read; leases are counted down on its monotonic clock.
     """
 
     def __init__(
         self, settings: WorkerSettings, db: Database, metrics: Metrics,
         registry: Mapping[str, Analyzer], spool_root: Path, runtime: LocalRuntime,
-        on_done: Callable[[int], object] | None = None,
+        on_done: Callable[[int], object] | None = None, clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -54,6 +57,9 @@ class LocalExecutor:
         self.bundles = BundleCache(models_root(settings.models_path))
         self.runtime = runtime
         self.on_done = on_done
+        self.clock = clock
+        self.leases = Elapsed(clock)
+        """Job id -> lease, on the monotonic clock (see :func:`queue.requeue_expired`)."""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -79,7 +85,8 @@ class LocalExecutor:
 
     def recover(self) -> None:
         """Scheduler job: re-queue jobs whose worker died (lease expired or pid gone)."""
-        queue.requeue_expired(self.db, self.settings.max_attempts)
+        queue.requeue_expired(self.db, self.settings.max_attempts, self.clock.wall(),
+                              self.leases)
         queue.release_dead_local(self.db)
 
     def _loop(self, index: int) -> None:
@@ -87,7 +94,7 @@ class LocalExecutor:
         while not self._stop.is_set():
             try:
                 job = queue.claim_next(self.db, worker, self.registry.keys(),
-                                       self.settings.lease_seconds)
+                                       self.settings.lease_seconds, self.clock.wall())
             except DatabaseError as exc:
                 LOGGER.error("cannot claim jobs: %s", exc)
                 job = None
@@ -97,6 +104,8 @@ class LocalExecutor:
             if job is None:
                 self._stop.wait(self.settings.poll_interval_seconds)
                 continue
+            if job.lease_expires_at is not None:  # its lease starts now, on our clock
+                self.leases.note(job.id, job.lease_expires_at, -self.settings.lease_seconds)
             self.run(job, worker)
 
     def run(self, job: queue.ClaimedJob, worker: str) -> None:
@@ -117,7 +126,8 @@ class LocalExecutor:
         finally:
             self.metrics.job_seconds.labels(analyzer=job.analyzer).observe(
                 time.perf_counter() - started)
-        if queue.complete(self.db, job.id, worker, outcome.findings, outcome.bundle):
+        if queue.complete(self.db, job.id, worker, outcome.findings, outcome.bundle,
+                          self.clock.wall()):
             self.metrics.jobs_finished.labels(analyzer=job.analyzer, state="DONE").inc()
             LOGGER.info("job %d %s on series %s: %d finding(s)", job.id, job.analyzer,
                         job.series_uid, len(outcome.findings))
@@ -130,7 +140,8 @@ class LocalExecutor:
     def _failed(self, job: queue.ClaimedJob, worker: str, error: str) -> None:
         state = queue.fail(self.db, job.id, worker, error,
                            max_attempts=self.settings.max_attempts,
-                           backoff_seconds=self.settings.retry_backoff_seconds)
+                           backoff_seconds=self.settings.retry_backoff_seconds,
+                           now=self.clock.wall())
         if state is not None:
             self.metrics.jobs_finished.labels(analyzer=job.analyzer, state=state.value).inc()
         LOGGER.warning("job %d %s on series %s failed (attempt %d, now %s): %s", job.id,

@@ -5,6 +5,10 @@ several worker processes never take the same job; SQLite serialises writers with
 ``BEGIN IMMEDIATE``. A RUNNING job carries a lease; when a worker dies its lease
 expires and :func:`requeue_expired` queues the job again. Results are accepted only
 from the worker that still holds the job, so a job run twice stores findings once.
+
+Leases and retry back-offs are stored as wall-clock times but judged so that a jump of
+the wall clock neither expires a lease that is held (the job would run twice) nor holds
+a retry back for the length of the jump (:mod:`qcd.clock`).
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.orm import Session
 
 from qcd.analyzers.base import Finding
 from qcd.bundles import Bundle
+from qcd.clock import SLACK, Elapsed
 from qcd.db.engine import Database
 from qcd.db.models import Finding as FindingRow
 from qcd.db.models import Instance, Job, JobState, Series, utcnow
@@ -41,6 +46,21 @@ class ClaimedJob:
     modality: str | None
     relpaths: tuple[str, ...]
     """Spool-relative paths, newest version of each SOP instance, instance order."""
+    lease_expires_at: dt.datetime | None = None
+    """The lease as stored (the worker notes it on its monotonic clock)."""
+
+
+def runnable(now: dt.datetime) -> ColumnElement[bool]:
+    """SQL: a QUEUED job may run at ``now``: no back-off, back-off over — or the back-off
+    was set in the wall clock's future (``updated_at`` ahead: the clock went back since),
+    where waiting for ``not_before`` would add the jump to the back-off."""
+    return or_(Job.not_before.is_(None), Job.not_before <= now, Job.updated_at > now + SLACK)
+
+
+def backing_off(job: Job, now: dt.datetime) -> bool:
+    """The Python side of :func:`runnable`: ``job`` must still wait."""
+    return (job.not_before is not None and job.not_before > now
+            and not (job.updated_at is not None and job.updated_at > now + SLACK))
 
 
 def claim_next(
@@ -55,7 +75,7 @@ def claim_next(
         query = (
             select(Job)
             .where(Job.state == JobState.QUEUED, Job.analyzer.in_(list(analyzers)),
-                   or_(Job.not_before.is_(None), Job.not_before <= now))
+                   runnable(now))
             .order_by(Job.id)
             .limit(1)
         )
@@ -91,14 +111,15 @@ def take(session: Session, job: Job, worker: str, now: dt.datetime,
             newest[sop] = (version, number if number is not None else 0, path)
     ordered = sorted(newest.items(), key=lambda kv: (kv[1][1], kv[0]))
     return ClaimedJob(job.id, job.analyzer, job.attempts, series.id, series.series_uid,
-                      series.modality, tuple(v[2] for _, v in ordered))
+                      series.modality, tuple(v[2] for _, v in ordered), job.lease_expires_at)
 
 
 def complete(
     db: Database, job_id: int, worker: str, findings: Sequence[Finding], bundle: Bundle | None,
+    now: dt.datetime | None = None,
 ) -> bool:
     """Store findings and mark DONE; False (nothing stored) if the job is no longer ours."""
-    now = utcnow()
+    now = now or utcnow()
     with db.session() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.state != JobState.RUNNING or job.worker != worker:
@@ -128,13 +149,13 @@ def retry_delay(backoff_seconds: float, attempt: int) -> float:
 
 def fail(
     db: Database, job_id: int, worker: str, error: str, *, max_attempts: int,
-    backoff_seconds: float, permanent: bool = False,
+    backoff_seconds: float, permanent: bool = False, now: dt.datetime | None = None,
 ) -> JobState | None:
     """Record a failure; queue a retry with back-off or give up after ``max_attempts``.
 
     Returns the job's new state, or None if the job is no longer held by ``worker``.
     """
-    now = utcnow()
+    now = now or utcnow()
     with db.session() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.state != JobState.RUNNING or job.worker != worker:
@@ -152,13 +173,26 @@ def fail(
         return job.state
 
 
-def requeue_expired(db: Database, max_attempts: int, now: dt.datetime | None = None) -> int:
-    """Queue again (or fail, when out of attempts) RUNNING jobs whose lease expired."""
+def requeue_expired(db: Database, max_attempts: int, now: dt.datetime | None = None,
+                    elapsed: Elapsed | None = None) -> int:
+    """Queue again (or fail, when out of attempts) RUNNING jobs whose lease expired.
+
+    With ``elapsed`` (a long-lived caller: the executors' recovery job) each lease is
+    read from the wall clock once, when first seen (and never as more than its own
+    length ahead), then counted down on the monotonic clock: a wall-clock jump forward
+    cannot expire a lease whose worker is still running the job. Without it, the wall
+    clock ``now`` decides.
+    """
     now = now or utcnow()
     with db.session() as session:
-        jobs = session.scalars(select(Job).where(
-            Job.state == JobState.RUNNING, Job.lease_expires_at < now)).all()
-        for job in jobs:
+        query = select(Job).where(Job.state == JobState.RUNNING)
+        if elapsed is None:
+            query = query.where(Job.lease_expires_at < now)
+        running = session.scalars(query).all()
+        if elapsed is not None:
+            elapsed.keep(job.id for job in running)
+            running = [job for job in running if _lease_over(job, elapsed)]
+        for job in running:
             LOGGER.warning("job %d (%s) lost its worker %s; %s", job.id, job.analyzer,
                            job.worker, "giving up" if job.attempts >= max_attempts else "re-queued")
             job.error = f"worker {job.worker} stopped before finishing (lease expired)"
@@ -170,7 +204,15 @@ def requeue_expired(db: Database, max_attempts: int, now: dt.datetime | None = N
             else:
                 job.state = JobState.QUEUED
                 job.not_before = None
-        return len(jobs)
+        return len(running)
+
+
+def _lease_over(job: Job, elapsed: Elapsed) -> bool:
+    if job.lease_expires_at is None:
+        return False
+    length = ((job.lease_expires_at - job.started_at).total_seconds()
+              if job.started_at is not None else 0.0)  # both stamped at the claim
+    return elapsed.seconds(job.id, job.lease_expires_at, floor=-max(length, 0.0)) > 0
 
 
 def worker_id(thread: int) -> str:

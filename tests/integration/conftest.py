@@ -1,11 +1,13 @@
-"""Fixtures shared by integration tests: a real HTTP receiver for webhooks."""
+"""Fixtures shared by integration tests: a real HTTP receiver for webhooks, a test PKI."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,3 +44,41 @@ def receiver() -> Iterator[Receiver]:
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _signed(d: Path, name: str, ca: str, san: str) -> None:
+    """``name``.key/.crt: a leaf certificate signed by ``ca``.key/.crt with ``san``."""
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+    (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
+             "-out", f"{name}.crt", cwd=d)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test PKI (keys are written mode 0600 by openssl):
+
+    * ``ca``: the site's CA; ``server`` and ``client`` signed by it for 127.0.0.1/localhost;
+      ``elsewhere`` signed by it for ``pacs.example.org`` only (host name mismatch);
+    * ``rogue``: a self-signed client certificate;
+    * ``rogue-ca`` and ``rogue-server``: another CA and a server certificate for
+      127.0.0.1/localhost that it signed.
+    """
+    d = tmp_path_factory.mktemp("pki")
+    for ca, cn in (("ca", "qcd test CA"), ("rogue-ca", "rogue CA")):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                 f"/CN={cn}", "-keyout", f"{ca}.key", "-out", f"{ca}.crt", cwd=d)
+    local = "IP:127.0.0.1,DNS:localhost"
+    _signed(d, "server", "ca", local)
+    _signed(d, "client", "ca", local)
+    _signed(d, "elsewhere", "ca", "DNS:pacs.example.org")
+    _signed(d, "rogue-server", "rogue-ca", local)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+             "/CN=rogue", "-keyout", "rogue.key", "-out", "rogue.crt", cwd=d)
+    return d

@@ -13,11 +13,12 @@ from qcd.assembly import CompletionSweeper
 from qcd.config import Settings, load_settings
 from qcd.db.engine import Database
 from qcd.db.instances import record_instance
-from qcd.db.models import Instance, Job, JobState, Series, SeriesState, utcnow
+from qcd.db.models import Instance, Job, JobState, Series, SeriesState
 from qcd.db.queries import status_summary
 from qcd.errors import DatabaseError
 from qcd.ingest.header import InstanceHeader
 from qcd.metrics import Metrics
+from tests.clocks import ManualClock
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +45,10 @@ class Stored:
     version: int = 1
 
 
-def record(db: Database, h: InstanceHeader, version: int = 1, reopen: bool = True) -> object:
+def record(db: Database, h: InstanceHeader, version: int = 1, reopen: bool = True,
+           now: dt.datetime | None = None) -> object:
     return record_instance(db, h, Stored(f"x/{h.sop_uid}", version=version), calling_ae="CT1",
-                           reopen_completed=reopen)
+                           reopen_completed=reopen, now=now)
 
 
 
@@ -113,15 +115,17 @@ def test_concurrent_associations_record_one_series(db: Database) -> None:
 
 
 def test_series_completes_after_quiet_period_and_routes(db: Database) -> None:
-    sweeper = CompletionSweeper(settings(), db, Metrics(), available={"earl"})
-    record(db, header("1.2.3.4.1"))
+    clock = ManualClock()
+    sweeper = CompletionSweeper(settings(), db, Metrics(), available={"earl"}, clock=clock)
+    record(db, header("1.2.3.4.1"), now=clock.wall())
     record(db, header("1.2.3.5.1", series="1.2.3.5", modality="MR",
-                      series_description="cardiac LA"))
-    record(db, header("1.2.3.6.1", series="1.2.3.6", modality="OT"))
-    now = utcnow()
-    assert sweeper.sweep(now) == 0  # not quiet yet
-    assert sweeper.sweep(now + dt.timedelta(seconds=11)) == 3
-    assert sweeper.sweep(now + dt.timedelta(seconds=12)) == 0  # no double completion
+                      series_description="cardiac LA"), now=clock.wall())
+    record(db, header("1.2.3.6.1", series="1.2.3.6", modality="OT"), now=clock.wall())
+    assert sweeper.sweep() == 0  # not quiet yet
+    clock.advance(11)
+    assert sweeper.sweep() == 3
+    clock.advance(1)
+    assert sweeper.sweep() == 0  # no double completion
     with db.session() as s:
         jobs = {(j.series.series_uid, j.analyzer): j for j in s.scalars(select(Job))}
         assert set(jobs) == {("1.2.3.4", "earl"), ("1.2.3.5", "atrium")}
@@ -137,33 +141,41 @@ def test_series_completes_after_quiet_period_and_routes(db: Database) -> None:
 
 def test_per_modality_quiet_period(db: Database) -> None:
     s = settings(QCD_ASSEMBLY__QUIET_SECONDS_BY_MODALITY="PT=60")
-    sweeper = CompletionSweeper(s, db, Metrics(), available=())
-    record(db, header("1.2.3.4.1"))
-    record(db, header("1.2.3.5.1", series="1.2.3.5", modality="CT"))
-    now = utcnow()
-    assert sweeper.sweep(now + dt.timedelta(seconds=11)) == 1  # CT only
-    assert sweeper.sweep(now + dt.timedelta(seconds=61)) == 1  # then PT
+    clock = ManualClock()
+    sweeper = CompletionSweeper(s, db, Metrics(), available=(), clock=clock)
+    record(db, header("1.2.3.4.1"), now=clock.wall())
+    record(db, header("1.2.3.5.1", series="1.2.3.5", modality="CT"), now=clock.wall())
+    clock.advance(11)
+    assert sweeper.sweep() == 1  # CT only
+    clock.advance(50)
+    assert sweeper.sweep() == 1  # then PT
 
 
 def test_late_instance_reopens_for_reanalysis(db: Database) -> None:
-    sweeper = CompletionSweeper(settings(), db, Metrics(), available={"earl"})
-    record(db, header("1.2.3.4.1"))
-    sweeper.sweep(utcnow() + dt.timedelta(seconds=11))
-    late = record(db, header("1.2.3.4.2"))
+    clock = ManualClock()
+    sweeper = CompletionSweeper(settings(), db, Metrics(), available={"earl"}, clock=clock)
+    record(db, header("1.2.3.4.1"), now=clock.wall())
+    clock.advance(11)
+    assert sweeper.sweep() == 1
+    late = record(db, header("1.2.3.4.2"), now=clock.wall())
     assert late.reopened  # type: ignore[attr-defined]
     with db.session() as s:
         series = s.scalars(select(Series)).one()
         assert (series.state, series.generation) == (SeriesState.RECEIVED, 2)
-    sweeper.sweep(utcnow() + dt.timedelta(seconds=11))
+    assert sweeper.sweep() == 0  # quiet again from the late instance on
+    clock.advance(11)
+    assert sweeper.sweep() == 1
     with db.session() as s:
         gens = sorted(j.generation for j in s.scalars(select(Job)))
         assert gens == [1, 2]
 
 
 def test_late_instance_kept_without_reopen_when_disabled(db: Database) -> None:
-    sweeper = CompletionSweeper(settings(), db, Metrics(), available={"earl"})
-    record(db, header("1.2.3.4.1"))
-    sweeper.sweep(utcnow() + dt.timedelta(seconds=11))
+    clock = ManualClock()
+    sweeper = CompletionSweeper(settings(), db, Metrics(), available={"earl"}, clock=clock)
+    record(db, header("1.2.3.4.1"), now=clock.wall())
+    clock.advance(11)
+    sweeper.sweep()
     late = record(db, header("1.2.3.4.2"), reopen=False)
     assert late.new_instance and not late.reopened  # type: ignore[attr-defined]
     with db.session() as s:
@@ -173,13 +185,14 @@ def test_late_instance_kept_without_reopen_when_disabled(db: Database) -> None:
 
 
 def test_two_sweepers_racing_create_each_job_once(db: Database) -> None:
+    clock = ManualClock()
     for n in range(10):
-        record(db, header(f"1.2.3.{n}.1", series=f"1.2.3.{n}"))
-    later = utcnow() + dt.timedelta(seconds=11)
-    sweepers = [CompletionSweeper(settings(), db, Metrics(), available={"earl"})
+        record(db, header(f"1.2.3.{n}.1", series=f"1.2.3.{n}"), now=clock.wall())
+    sweepers = [CompletionSweeper(settings(), db, Metrics(), available={"earl"}, clock=clock)
                 for _ in range(2)]
+    clock.advance(11)
     done: list[int] = []
-    threads = [threading.Thread(target=lambda sw=sw: done.append(sw.sweep(later)))
+    threads = [threading.Thread(target=lambda sw=sw: done.append(sw.sweep()))
                for sw in sweepers]
     for t in threads:
         t.start()

@@ -1,4 +1,8 @@
-"""DICOM over TLS with certificate checks, against dcmtk's echoscu/storescu."""
+"""Incoming DICOM over TLS with certificate checks, against dcmtk's echoscu/storescu.
+
+The PKI is the ``pki`` fixture of ``tests/integration/conftest.py``; outgoing TLS is
+tested in ``test_tls_outgoing.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,28 +17,6 @@ from tests.conftest import make_settings
 from tests.integration.dcmtk import storescu
 
 pytestmark = pytest.mark.integration
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server and a client certificate it signed, and a rogue self-signed client."""
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=qcd test CA", "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
-        (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
-                 "-out", f"{name}.crt", cwd=d)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=rogue", "-keyout", "rogue.key", "-out", "rogue.crt", cwd=d)
-    return d
 
 
 def _echo(port: int, *tls: str) -> int:
