@@ -5,8 +5,146 @@ from __future__ import annotations
 from typing import Any
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _span(values: list[float] | None, digits: int) -> str:
+    return "-" if not values else f"{values[0]:.{digits}f}-{values[1]:.{digits}f}"
+
+
+def _margin_bin(lo: float, hi: float | None) -> str:
+    return f">= {lo:g}" if hi is None else f"{lo:g}-{hi:g}"
+
+
+def error_analysis_tables(summary: dict[str, Any]) -> str:
+    """Markdown tables of a ``training.earl.analyze`` summary (stage 1 unless named)."""
+    source_name = {"prior": "drawn from the prior", "EARL1": "hard negative from the EARL1 box",
+                   "EARL2": "hard negative from the EARL2 box"}
+    stab = summary["labels"] is not None
+    out = ["| clinical cases by proposal | n | stage-1 errors | label stability |",
+           "|---|---|---|---|"]
+    out += [f"| {source_name[r['source']]} | {r['n']} | {r['errors']} | "
+            f"{'-' if r['stability'] is None else format(r['stability'], '.3f')} |"
+            for r in summary["clinical_by_source"]]
+    out += ["", "| clinical cases by phantom RCs | n | stage-1 errors | errors with stable "
+            "labels | errors: FWHM mm / overshoot / COV |", "|---|---|---|---|---|"]
+    out += [f"| {r['group']} | {r['n']} | {r['errors']} | "
+            f"{'-' if r['stable_errors'] is None else r['stable_errors']} | "
+            f"{_span(r['error_fwhm_mm'], 1)} / {_span(r['error_overshoot'], 2)} / "
+            f"{_span(r['error_cov'], 3)} |" for r in summary["clinical_by_group"]]
+    out += ["", "| in-plane voxel | n | stage-1 accuracy | errors |", "|---|---|---|---|"]
+    out += [f"| {r['in_plane_mm']:g} mm | {r['n']} | {_pct(r['accuracy'])} | {r['errors']} |"
+            for r in summary["by_voxel"]]
+    out += ["", "| RC margin (abs) | n | stage-1 accuracy | errors | label stability | "
+            "relabel ceiling |", "|---|---|---|---|---|---|"]
+    out += [f"| {_margin_bin(*r['margin'])} | {r['n']} | {_pct(r['accuracy'])} | {r['errors']} | "
+            f"{'-' if r['stability'] is None else format(r['stability'], '.3f')} | "
+            f"{_pct(r['ceiling'])} |" for r in summary["by_margin"]]
+    out += ["", "| subset | n | stage-1 accuracy | errors |", "|---|---|---|---|"]
+    out += [f"| {r['subset']} | {r['n']} | {_pct(r['accuracy'])} | {r['errors']} |"
+            for r in summary["subsets"]]
+    if stab:
+        c = summary["ceiling"]
+        out += ["", "| classifier | stage-1 accuracy |", "|---|---|",
+                f"| majority of {summary['relabels']} fresh physics relabels of the true "
+                f"parameters | {_pct(c['accuracy'])} ({c['correct']}/{c['n']}, 95% CI "
+                f"{_pct(c['ci95'][0])}-{_pct(c['ci95'][1])}) |",
+                f"| one fresh physics relabel (expected) | {_pct(c['single_relabel'])} |",
+                f"| this model | {_pct(summary['stage1']['accuracy'])} "
+                f"({summary['stage1']['correct']}/{summary['stage1']['n']}) |"]
+    return "\n".join(out) + "\n"
+
+
+def error_analysis_section(block: dict[str, Any]) -> str:
+    """The card's "Error analysis" section from model.json's ``error_analysis`` block."""
+    held = block["held_out"]
+    s = held["summary"]
+    e = s["stage1_errors"]
+    clinical_wrong = sum(e["clinical_called_earl"].values())
+    earl_wrong = sum(e["earl_called_clinical"].values())
+    between = next(g for g in s["clinical_by_group"] if g["group"] == "between the bands")
+    voxels = sorted(s["by_voxel"], key=lambda r: r["accuracy"])
+    lines = [f"Computed by `training/earl/analyze.py` on the {s['n_cases']} held-out cases, "
+             f"rebuilt from their seeds and run on the CPU through the daemon's "
+             f"preprocessing; each case's phantom label was measured again "
+             f"{s['relabels']} times with fresh sub-voxel positions and noise. Reproduce: "
+             f"`{held['command']}`" + (f" ({held['note']})" if held.get("note") else "") + ".",
+             "",
+             f"**Where the errors are.** {clinical_wrong + earl_wrong} stage-1 errors: "
+             f"{clinical_wrong} clinical cases called EARL ("
+             + ", ".join(f"{k} {v}" for k, v in e["clinical_called_earl"].items())
+             + f") and {earl_wrong} EARL cases called clinical ("
+             + ", ".join(f"{k} {v}" for k, v in e["earl_called_clinical"].items()) + ").", ""]
+    bullets = [
+        f"Clinical cases **between the bands** (some RC above its EARL1 band, some below its "
+        f"EARL2 band: too sharp for EARL1, too blurry for EARL2): {between['errors']} of "
+        f"{between['n']} wrong"
+        + ("" if between["stable_errors"] is None else
+           f", {between['stable_errors']} of them with stable labels")
+        + (f"; their noise is low (COV {_span(between['error_cov'], 3)}), so only "
+           f"resolution and overshoot (FWHM {_span(between['error_fwhm_mm'], 1)} mm) "
+           f"separate them from EARL." if between["error_cov"] and between["error_cov"][1] < 0.1
+           else f" (COV {_span(between['error_cov'], 3)}, FWHM "
+                f"{_span(between['error_fwhm_mm'], 1)} mm)."),
+        f"By in-plane voxel size: {voxels[0]['in_plane_mm']:g} mm is worst "
+        f"({_pct(voxels[0]['accuracy'])}, n {voxels[0]['n']}), {voxels[-1]['in_plane_mm']:g} mm "
+        f"best ({_pct(voxels[-1]['accuracy'])}, n {voxels[-1]['n']}); the cause is not "
+        f"established.",
+    ]
+    medians = s["margin_median"]["EARL2"]
+    if medians["wrong"] is not None and medians["right"] is not None:
+        bullets.append(f"EARL2 cases called clinical: median RC margin {medians['wrong']:.3f}"
+                       f", against {medians['right']:.3f} for those called EARL"
+                       + (" (nearer the band edge)." if medians["wrong"] < medians["right"]
+                          else "."))
+    if s["labels"] is not None:
+        lab = s["labels"]
+        minor = 2 * lab["errors_with_stable_labels"] > s["stage1"]["errors"]
+        bullets.append(
+            ("Label noise is a minor cause" if minor else "Label noise explains part of them")
+            + f": a fresh relabel agrees with the stored stage-1 "
+            f"label {_pct(lab['stability_mean'])} of the time; {lab['unstable']} of "
+            f"{s['n_cases']} labels are unstable (fewer than {lab['stable_threshold']:.0%} "
+            f"of relabels agree), but {lab['errors_with_stable_labels']} of the "
+            f"{s['stage1']['errors']} errors have stable labels.")
+    train = block.get("training_cases")
+    if train is not None:
+        ts = train["summary"]["stage1"]
+        underfit = ts["accuracy"] <= s["stage1"]["accuracy"] + 0.03
+        bullets.append(
+            ("The model underfits: stage 1 is " if underfit else "Stage 1 is ")
+            + f"{_pct(ts['accuracy'])} ({ts['correct']}/{ts['n']}) on its own training cases"
+            + (", no better than on held-out cases" if underfit else "")
+            + f" (`{train['command']}`)." + (f" {train['note']}." if train.get("note") else ""))
+    lines += [f"- {b}" for b in bullets]
+    c = s["ceiling"]
+    if c is not None:
+        lines += ["", f"**The ceiling.** The majority of the {s['relabels']} fresh relabels "
+                  f"(a split vote counts as clinical) agrees with the stored stage-1 label for "
+                  f"{c['correct']} of {c['n']} cases: **{_pct(c['accuracy'])}** (95% CI "
+                  f"{_pct(c['ci95'][0])}-{_pct(c['ci95'][1])}, Clopper-Pearson); one fresh "
+                  f"relabel agrees {_pct(c['single_relabel'])} of the time. Stage 1 >= "
+                  f"{c['target']:.0%} allows at most {c['errors_allowed_by_target']} errors in "
+                  f"{c['n']} cases; the majority of fresh phantom labels already disagrees with "
+                  f"the stored label on {c['errors']}."
+                  + (" **The stage-1 target cannot be met on this held-out set**: the physics "
+                     "itself, given the true parameters, misses it; the limit is the "
+                     "stochastic phantom label, not the model."
+                     if not c["target_reachable"] else
+                     " The labels alone would allow the target.")]
+    lines += ["", error_analysis_tables(s).rstrip("\n"), "",
+              "**What would be needed next** (all of it GPU retraining; not done for this "
+              "bundle):",
+              "- regression heads for the effective FWHM, overshoot and noise COV as "
+              "auxiliary targets (the classes differ by a fraction of a millimetre of "
+              "resolution, which the classification loss alone does not teach);",
+              "- more simulated cases (n-per-class >= 1000);",
+              "- less smoothing when resampling to the common grid (native resolution or a "
+              "finer grid; a new preprocessing version);",
+              "- a measurable target: stage-1 accuracy on cases whose RC margin or relabel "
+              "stability is above a stated limit, with borderline cases reported apart."]
+    return "\n".join(lines)
 
 
 def model_card(spec: dict[str, Any]) -> str:
@@ -29,6 +167,13 @@ def model_card(spec: dict[str, Any]) -> str:
                "**Targets not met**: stage 1 confuses clinical with EARL near the band edges "
                "(see the confusion table); use the class as a screening flag, not as an "
                "accreditation result.")
+    analysis = spec.get("error_analysis", {})
+    ceiling = analysis.get("held_out", {}).get("summary", {}).get("ceiling")
+    if ceiling is not None and not ceiling["target_reachable"]:
+        verdict += (f" The phantom labels themselves cap stage 1 at about "
+                    f"{_pct(ceiling['accuracy'])} on these cases (Error analysis).")
+    analysis_text = (f"## Error analysis (held-out simulated cases)\n"
+                     f"{error_analysis_section(analysis)}\n\n" if "held_out" in analysis else "")
     parity = spec.get("gpu_parity", {})
     measured = parity.get("measured", {})
     parity_text = (
@@ -88,7 +233,7 @@ EARL2, on EARL cases) accuracy: **{_pct(m['stage2_accuracy'])}**; indeterminate:
 |---|---|---|---|---|---|
 {comparison}
 
-## CPU / GPU parity
+{analysis_text}## CPU / GPU parity
 {parity_text}
 
 ## Limits

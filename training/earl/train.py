@@ -37,6 +37,7 @@ from torch import nn
 
 from qcd.analyzers.earl.decision import Thresholds, decide
 from qcd.analyzers.earl.model import EarlModel
+from qcd.analyzers.earl.phantom import RecoveryCoefficients
 from qcd.analyzers.earl.preprocess import (
     EDGE_CLIP,
     EDGE_FWHM_MM,
@@ -60,6 +61,8 @@ class Case:
     s2: np.ndarray
     label: str
     params: dict[str, Any]
+    rc: RecoveryCoefficients | None = None
+    """The phantom recoveries that gave ``label`` (simulated cases only)."""
 
 
 def make_case(task: tuple[int, str]) -> Case:
@@ -67,15 +70,21 @@ def make_case(task: tuple[int, str]) -> Case:
     from training.earl.simulate import simulate_case
 
     seed, label = task
-    volume, params, got, _rc = simulate_case(np.random.default_rng(seed), label)
+    volume, params, got, rc = simulate_case(np.random.default_rng(seed), label)
     s1, _, s2, _ = prepare(volume, params.voxel_mm)
     return Case(s1.astype(np.float16), s2.astype(np.float16), got,
-                {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()})
+                {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()},
+                rc)
+
+
+def case_tasks(n_per_class: int, seed: int) -> list[tuple[int, str]]:
+    """The (seed, label) of every simulated case, in the order :func:`make_cases` makes them."""
+    return [(seed * 100_003 + i * len(LABELS) + k, label)
+            for i in range(n_per_class) for k, label in enumerate(LABELS)]
 
 
 def make_cases(n_per_class: int, seed: int, workers: int) -> list[Case]:
-    tasks = [(seed * 100_003 + i * len(LABELS) + k, label)
-             for i in range(n_per_class) for k, label in enumerate(LABELS)]
+    tasks = case_tasks(n_per_class, seed)
     if workers <= 1:
         return [make_case(t) for t in tasks]
     with mp.get_context("spawn").Pool(workers) as pool:
@@ -157,23 +166,29 @@ def evaluate(model: EarlModel, cases: list[Case], device: torch.device,
              thresholds: Thresholds) -> dict[str, Any]:
     """Case-level metrics with the daemon's decision rule."""
     probs = case_probabilities(model, cases, device)
+    return case_metrics([c.label for c in cases], probs, thresholds)
+
+
+def case_metrics(labels: list[str], probs: list[tuple[float, float]],
+                 thresholds: Thresholds) -> dict[str, Any]:
+    """Accuracies and confusion table from true labels and (P(EARL), P(EARL2)) per case."""
     confusion = {t: {p: 0 for p in (*LABELS, "indeterminate")} for t in LABELS}
     stage1_ok = stage2_ok = stage2_n = 0
-    for c, (p1, p2) in zip(cases, probs, strict=True):
+    for label, (p1, p2) in zip(labels, probs, strict=True):
         verdict = decide(p1, p2 if p1 >= thresholds.stage1 else None, thresholds)
-        confusion[c.label][verdict] += 1
-        stage1_ok += int((p1 >= thresholds.stage1) == (c.label != "clinical"))
-        if c.label != "clinical":
+        confusion[label][verdict] += 1
+        stage1_ok += int((p1 >= thresholds.stage1) == (label != "clinical"))
+        if label != "clinical":
             stage2_n += 1
-            stage2_ok += int((p2 >= 0.5) == (c.label == "EARL2"))
+            stage2_ok += int((p2 >= 0.5) == (label == "EARL2"))
     per_class = {t: confusion[t][t] / max(sum(confusion[t].values()), 1) for t in LABELS}
     return {
-        "n_cases": len(cases),
-        "stage1_accuracy": stage1_ok / max(len(cases), 1),
+        "n_cases": len(labels),
+        "stage1_accuracy": stage1_ok / max(len(labels), 1),
         "stage2_accuracy": stage2_ok / max(stage2_n, 1),
         "accuracy_per_class": per_class,
         "indeterminate_rate": sum(confusion[t]["indeterminate"] for t in LABELS) / max(
-            len(cases), 1),
+            len(labels), 1),
         "confusion": confusion,
     }
 
@@ -191,10 +206,21 @@ def fit(cases: list[Case], architecture: str, epochs: int, device: torch.device,
 
 
 def split(cases: list[Case], seed: int, test_fraction: float) -> tuple[list[Case], list[Case]]:
+    train, test = split_indices([c.label for c in cases], seed, test_fraction)
+    return [cases[i] for i in train], [cases[i] for i in test]
+
+
+def split_indices(labels: list[str], seed: int, test_fraction: float
+                  ) -> tuple[list[int], list[int]]:
+    """Positions of the training and held-out cases, stratified by label.
+
+    Needs only the labels, so the held-out set can be rebuilt without simulating the
+    training cases (``training.earl.analyze``).
+    """
     rng = np.random.default_rng(seed)
     train, test = [], []
     for label in LABELS:
-        group = [c for c in cases if c.label == label]
+        group = [i for i, got in enumerate(labels) if got == label]
         order = rng.permutation(len(group))
         n_test = max(1, int(round(test_fraction * len(group))))
         test += [group[i] for i in order[:n_test]]

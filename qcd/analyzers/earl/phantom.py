@@ -343,6 +343,59 @@ def classify(rc: RecoveryCoefficients) -> str:
     return "clinical"
 
 
+_BANDS: Final = {"EARL1": (EARL1_RCMAX, EARL1_RCMEAN), "EARL2": (EARL2_RCMAX, EARL2_RCMEAN)}
+
+
+def rc_margin(rc: RecoveryCoefficients, band: str) -> float:
+    """Smallest signed distance of any RCmax or RCmean to the nearest edge of ``band``.
+
+    For each sphere and each of RCmax and RCmean with band ``[lo, hi]`` the signed
+    distance is ``min(rc - lo, hi - rc)``: positive inside the band (the room left before
+    the nearer edge), negative outside (how far the RC lies beyond the edge it crossed).
+    The result is the minimum over the 12 values, in RC units. It is >= 0 exactly when
+    every RC lies in the band: then it is how far the closest RC may move before the
+    phantom leaves the band; when negative, its size is how far the worst RC has to move
+    to bring the phantom inside. RCpeak and the background COV are not part of it (the
+    class does not use RCpeak, and the COV limit is in other units).
+
+    Parameters
+    ----------
+    rc
+        Recoveries of the six IEC spheres.
+    band
+        ``"EARL1"`` or ``"EARL2"``.
+
+    Raises
+    ------
+    ValueError
+        ``band`` is not ``EARL1`` or ``EARL2``, or the spheres are not the six IEC ones.
+    """
+    if band not in _BANDS:
+        raise ValueError(f"band must be one of {sorted(_BANDS)}, got {band!r}")
+    _check_diameters(rc)
+    rc_bands = _BANDS[band]
+    return min(min(v - bands[round(d)][0], bands[round(d)][1] - v)
+               for values, bands in zip((rc.rc_max, rc.rc_mean), rc_bands, strict=True)
+               for v, d in zip(values, rc.diameters_mm, strict=True))
+
+
+def class_margin(rc: RecoveryCoefficients) -> float:
+    """:func:`rc_margin` for the band that decides :func:`classify`'s answer.
+
+    EARL2 and EARL1 phantoms get the margin of their own band (>= 0). A clinical phantom
+    gets the margin of the nearer of the two bands, ``max(rc_margin(rc, "EARL1"),
+    rc_margin(rc, "EARL2"))``: negative, and its size is how far its RCs lie from becoming
+    EARL-compliant. It is >= 0 only for a phantom that is clinical because its background
+    COV exceeds 15 % while its RCs lie in a band. The size is thus the RC distance from
+    the clinical/EARL decision (stage 1); a label with a small one may flip when the
+    same reconstruction's phantom is measured again (new sub-voxel position and noise).
+    """
+    label = classify(rc)
+    if label in _BANDS:
+        return rc_margin(rc, label)
+    return max(rc_margin(rc, band) for band in _BANDS)
+
+
 def band_report(rc: RecoveryCoefficients) -> list[dict[str, Any]]:
     """Per sphere: the three RCs and whether each lies in each EARL band (JSON-ready)."""
     _check_diameters(rc)
