@@ -67,7 +67,14 @@ def encode_part10(
     """Prefix the encoded dataset with a preamble and our File Meta Information.
 
     The dataset bytes are kept exactly as received.
+
+    Raises
+    ------
+    IngestError
+        0xC212: a claimed SOP Class/Instance UID is empty or invalid (pydicom's File
+        Meta writer would fail on it with an exception of its own).
     """
+    _check_claimed(sop_class_uid, sop_instance_uid)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class_uid)
     meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
@@ -95,11 +102,13 @@ def split_part10(data: bytes) -> tuple[FileMetaDataset, bytes]:
     try:
         pydicom.filereader.read_preamble(fp, False)
         meta = pydicom.filereader._read_file_meta_info(fp)
-        for _ in meta:  # decode every raw element now: a bad VR must fail here, not later
+        # decode every raw element now, those inside sequences too: a bad VR or length
+        # must fail here, not when a caller turns an element into a string
+        for _ in meta.iterall():
             pass
+        ts = str(meta.get("TransferSyntaxUID", "") or "")
     except Exception as exc:  # pydicom raises many types on bad input
         raise IngestError(status.UNDECODABLE, f"not a DICOM Part 10 file: {exc}"[:64]) from exc
-    ts = str(meta.get("TransferSyntaxUID", "") or "")
     if not ts:
         raise IngestError(status.UNDECODABLE, "File Meta has no Transfer Syntax UID")
     if not is_valid_uid(ts) or not UID(ts).is_transfer_syntax:
@@ -128,9 +137,7 @@ def parse_header(
         0xC210 undecodable data, 0xC211 short pixel data, 0xC213 pixel encoding
         that contradicts the transfer syntax.
     """
-    for name, uid in (("SOP Class", sop_class_uid), ("SOP Instance", sop_uid)):
-        if not is_valid_uid(uid):
-            raise IngestError(status.INVALID_UID, f"invalid Affected {name} UID")
+    _check_claimed(sop_class_uid, sop_uid)
     _check_encoding(part10, transfer_syntax)
     try:
         ds = pydicom.dcmread(io.BytesIO(part10))
@@ -149,6 +156,12 @@ def parse_header(
     if header.sop_uid != sop_uid:
         raise IngestError(status.DATASET_SOP_MISMATCH, "SOP Instance UID differs from request")
     return header
+
+
+def _check_claimed(sop_class_uid: str, sop_uid: str) -> None:
+    for name, uid in (("SOP Class", sop_class_uid), ("SOP Instance", sop_uid)):
+        if not is_valid_uid(uid):
+            raise IngestError(status.INVALID_UID, f"invalid Affected {name} UID")
 
 
 def _check_encoding(part10: bytes, transfer_syntax: str) -> None:

@@ -537,7 +537,12 @@ def _limit(req: Request, default: int) -> int:
 
 
 def _safe_next(target: str) -> str:
-    """Only same-site paths (no open redirect)."""
+    """Only same-site paths (no open redirect), percent-encoded: it becomes a Location
+    header, where CR/LF would inject headers and non-Latin-1 text cannot be sent."""
     if target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
+        return quote(target, safe=_URL_SAFE)
     return ""
+
+
+_URL_SAFE = "/?&=%#:@!$'()*+,;~"
+"""Left as they are by :func:`_safe_next` (path and query syntax, existing escapes)."""

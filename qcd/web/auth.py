@@ -219,4 +219,6 @@ def csrf_ok(principal: Principal, supplied: str | None) -> bool:
     the API's POSTs also require a JSON body, which a cross-site form cannot send."""
     if not principal.csrf:
         return True
-    return bool(supplied) and hmac.compare_digest(principal.csrf, supplied or "")
+    # as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500)
+    return bool(supplied) and hmac.compare_digest(
+        principal.csrf.encode(), (supplied or "").encode("utf-8", "surrogatepass"))
