@@ -77,6 +77,9 @@ class IngestSettings:
     """Maximum PDU we receive; 1 MiB measured faster than the 16 KiB default."""
     drain_timeout: float = 30.0
     """Seconds SIGTERM waits for in-flight associations before aborting them."""
+    max_inflated_mb: int = 256
+    """Largest size (MiB) a deflated data set may inflate to; beyond it the instance is
+    refused with 0xC214 (a decompression bomb). Checking one costs up to twice this."""
     tls: TlsSettings = field(default_factory=TlsSettings)
 
 
@@ -501,6 +504,8 @@ def _validate(s: Settings) -> None:
          s.ingest.max_associations)
     need(s.ingest.max_pdu == 0 or 4096 <= s.ingest.max_pdu <= 64 * 1024 * 1024,
          "ingest.max_pdu", "0 (unlimited) or 4096-67108864", s.ingest.max_pdu)
+    need(s.ingest.max_inflated_mb > 0, "ingest.max_inflated_mb", "MiB > 0",
+         s.ingest.max_inflated_mb)
     for name in ("acse_timeout", "dimse_timeout", "network_timeout", "drain_timeout"):
         value = getattr(s.ingest, name)
         need(value > 0, f"ingest.{name}", "a number of seconds > 0", value)

@@ -30,6 +30,7 @@ class Volume:
     first: Dataset
     """Header of the first slice along z (no pixel data needed from it)."""
     headers: tuple[Dataset, ...]
+    """Every slice's header in z order, without its pixel data (that is in ``array``)."""
 
 
 def load_volume(paths: Sequence[Path], min_slices: int = 2) -> Volume:
@@ -79,4 +80,8 @@ def load_volume(paths: Sequence[Path], min_slices: int = 2) -> Volume:
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         array[k] = ds.pixel_array.astype(np.float32) * slope + intercept
+        # The headers outlive this call (findings, SR/SEG references, harmonised copies),
+        # the pixels live on in ``array``: drop the encoded bytes and pydicom's cached
+        # decoded array (deleting PixelData resets it), ~1 volume-sized copy less at peak.
+        del ds.PixelData
     return Volume(array, (dz, spacing_yx[0], spacing_yx[1]), ordered[0], tuple(ordered))

@@ -16,13 +16,15 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from qcd import __version__
 from qcd.errors import IngestError
 from qcd.ingest import status
+from qcd.ingest.inflate import MIB, inflate
 from qcd.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ LOGGER = logging.getLogger(__name__)
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1499.1"
 """qcd's implementation class UID (written in the File Meta of spooled files)."""
 IMPLEMENTATION_VERSION = f"QCD_{__version__}"[:16]
+DEFAULT_MAX_INFLATED = 256 * MIB
+"""The default of ``ingest.max_inflated_mb``, in bytes."""
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: first item of encapsulated data
 _VRS = {vr.encode() for vr in ["AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"]}
 
@@ -117,7 +121,8 @@ def split_part10(data: bytes) -> tuple[FileMetaDataset, bytes]:
 
 
 def parse_header(
-    part10: bytes, sop_class_uid: str, sop_uid: str, transfer_syntax: str
+    part10: bytes, sop_class_uid: str, sop_uid: str, transfer_syntax: str,
+    max_inflated: int = DEFAULT_MAX_INFLATED,
 ) -> InstanceHeader:
     """Parse the dataset in ``part10`` and check it against what the peer claimed.
 
@@ -129,18 +134,22 @@ def parse_header(
         The Affected SOP Class/Instance UIDs of the C-STORE request.
     transfer_syntax
         The transfer syntax the dataset is encoded in.
+    max_inflated
+        The largest size, in bytes, a deflated data set may inflate to
+        (``ingest.max_inflated_mb``). It is inflated here, bounded, before pydicom
+        sees it; ``part10`` itself is never changed.
 
     Raises
     ------
     IngestError
         0xC212 invalid or missing UIDs, 0xA900 SOP class/instance disagreement,
-        0xC210 undecodable data, 0xC211 short pixel data, 0xC213 pixel encoding
-        that contradicts the transfer syntax.
+        0xC210 undecodable data (a corrupt or truncated deflate stream too), 0xC211
+        short pixel data, 0xC213 pixel encoding that contradicts the transfer syntax,
+        0xC214 a deflated data set that inflates beyond ``max_inflated``.
     """
     _check_claimed(sop_class_uid, sop_uid)
-    _check_encoding(part10, transfer_syntax)
     try:
-        ds = pydicom.dcmread(io.BytesIO(part10))
+        ds = _read(part10, transfer_syntax, max_inflated)
         _check_complete(ds)
         header = _extract(ds, transfer_syntax)
         _check_pixels(ds, transfer_syntax)
@@ -158,6 +167,17 @@ def parse_header(
     return header
 
 
+def _read(part10: bytes, transfer_syntax: str, max_inflated: int) -> Dataset:
+    """The data set; a deflated one is inflated here, bounded (pydicom's inflate is not)."""
+    if not _is_deflated(transfer_syntax):
+        _check_encoding(part10, transfer_syntax)
+        return pydicom.dcmread(io.BytesIO(part10))
+    inflated = inflate(memoryview(part10)[_meta_end(part10) :], max_inflated)
+    _check_first_element(inflated[:8], ExplicitVRLittleEndian)
+    # what dcmread does once it has inflated; BytesIO shares ``inflated`` (no copy)
+    return read_dataset(io.BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
+
+
 def _check_claimed(sop_class_uid: str, sop_uid: str) -> None:
     for name, uid in (("SOP Class", sop_class_uid), ("SOP Instance", sop_uid)):
         if not is_valid_uid(uid):
@@ -168,13 +188,17 @@ def _check_encoding(part10: bytes, transfer_syntax: str) -> None:
     """Refuse a dataset whose first element contradicts the claimed transfer syntax.
 
     pydicom would silently guess the other VR encoding; the file we keep must be
-    readable by any conforming reader, so a wrong claim is refused instead.
+    readable by any conforming reader, so a wrong claim is refused instead. (A
+    deflated data set is checked once inflated, as Explicit VR Little Endian.)
     """
     ts = UID(transfer_syntax)
-    if ts.is_deflated or not ts.is_transfer_syntax:
+    if not ts.is_transfer_syntax:
         return
     start = _dataset_offset(part10)
-    head = part10[start : start + 8]
+    _check_first_element(part10[start : start + 8], ts)
+
+
+def _check_first_element(head: bytes, ts: UID) -> None:
     if len(head) < 8:
         raise IngestError(status.UNDECODABLE, "data set is shorter than one element")
     claimed: Literal["little", "big"] = "little" if ts.is_little_endian else "big"
@@ -188,6 +212,19 @@ def _check_encoding(part10: bytes, transfer_syntax: str) -> None:
         raise IngestError(status.TRANSFER_SYNTAX_MISMATCH, "explicit VR data, implicit VR TS")
     if not ts.is_implicit_VR and not has_vr:
         raise IngestError(status.TRANSFER_SYNTAX_MISMATCH, "implicit VR data, explicit VR TS")
+
+
+def _is_deflated(transfer_syntax: str) -> bool:
+    ts = UID(transfer_syntax)
+    return ts.is_transfer_syntax and ts.is_deflated
+
+
+def _meta_end(part10: bytes) -> int:
+    """Where the data set starts: after the File Meta as pydicom reads it."""
+    fp = io.BytesIO(part10)  # shares part10's buffer, no copy
+    pydicom.filereader.read_preamble(fp, False)
+    pydicom.filereader._read_file_meta_info(fp)
+    return fp.tell()
 
 
 def _plausible_group(group: int) -> bool:

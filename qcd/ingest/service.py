@@ -15,7 +15,7 @@ from qcd.db.engine import Database
 from qcd.db.instances import record_instance
 from qcd.errors import DatabaseError, IngestError
 from qcd.ingest import status
-from qcd.ingest.header import InstanceHeader, encode_part10, parse_header
+from qcd.ingest.header import DEFAULT_MAX_INFLATED, InstanceHeader, encode_part10, parse_header
 from qcd.metrics import Metrics
 from qcd.spool import Spool, StoreOutcome
 
@@ -46,16 +46,21 @@ class IngestService:
     activity
         Told (series id, ``last_received_at``) of every new instance, so the completion
         sweep measures the quiet period from that moment on the monotonic clock.
+    max_inflated
+        The largest size, in bytes, a deflated data set may inflate to
+        (``ingest.max_inflated_mb``); beyond it the instance is refused with 0xC214.
     """
 
     def __init__(self, spool: Spool, db: Database, metrics: Metrics, reopen_completed: bool,
-                 clock: Clock = SYSTEM_CLOCK, activity: Elapsed | None = None):
+                 clock: Clock = SYSTEM_CLOCK, activity: Elapsed | None = None,
+                 max_inflated: int = DEFAULT_MAX_INFLATED):
         self.spool = spool
         self.db = db
         self.metrics = metrics
         self.reopen_completed = reopen_completed
         self.clock = clock
         self.activity = activity
+        self.max_inflated = max_inflated
 
     def store(
         self,
@@ -77,7 +82,8 @@ class IngestService:
         try:
             part10 = encode_part10(dataset_bytes, transfer_syntax, sop_class_uid, sop_uid,
                                    calling_ae)
-            header = parse_header(part10, sop_class_uid, sop_uid, transfer_syntax)
+            header = parse_header(part10, sop_class_uid, sop_uid, transfer_syntax,
+                                  self.max_inflated)
             spooled = self.spool.store(header.study_uid, header.series_uid, header.sop_uid, part10)
             recorded = record_instance(self.db, header, spooled, calling_ae=calling_ae,
                                        reopen_completed=self.reopen_completed,

@@ -20,6 +20,11 @@ INVALID_UID = 0xC212
 """A Study/Series/SOP Instance UID is missing or not a valid DICOM UID."""
 TRANSFER_SYNTAX_MISMATCH = 0xC213
 """The pixel data encoding contradicts the negotiated transfer syntax."""
+INFLATED_TOO_LARGE = 0xC214
+"""A deflated data set inflates beyond ``ingest.max_inflated_mb`` (a decompression bomb).
+
+A "cannot understand" failure, not "out of resources": the same bytes would be
+refused again, so a sender must not retry them."""
 DATABASE_UNAVAILABLE = 0xA701
 """Refused: the instance could not be recorded in the database."""
 PROCESSING_FAILURE = 0x0110
@@ -33,6 +38,7 @@ NAMES = {
     PIXEL_DATA_MISMATCH: "Cannot understand: pixel data length mismatch",
     INVALID_UID: "Cannot understand: invalid UID",
     TRANSFER_SYNTAX_MISMATCH: "Cannot understand: transfer syntax mismatch",
+    INFLATED_TOO_LARGE: "Cannot understand: inflated data set too large",
     DATABASE_UNAVAILABLE: "Out of resources: database unavailable",
     PROCESSING_FAILURE: "Processing failure",
 }

@@ -17,10 +17,12 @@ from email.message import Message
 from typing import Any
 
 import pydicom
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from qcd.errors import IngestError
 from qcd.ingest import status
 from qcd.ingest.header import split_part10
+from qcd.ingest.inflate import inflated_size
 from qcd.ingest.service import IngestService
 
 LOGGER = logging.getLogger(__name__)
@@ -129,19 +131,28 @@ def store_parts(service: IngestService, parts: list[tuple[str, bytes]],
             continue
         sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
         sop_uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
-        if study_uid is not None and _study_of(data) not in (None, study_uid):
+        ts = str(meta.TransferSyntaxUID)
+        if study_uid is not None and _study_of(data, dataset, ts, service.max_inflated) \
+                not in (None, study_uid):
             results.append(PartResult(sop_class, sop_uid, status.DATASET_SOP_MISMATCH,
                                       "Study Instance UID differs from the request URL"))
             continue
-        result = service.store(dataset, transfer_syntax=str(meta.TransferSyntaxUID),
+        result = service.store(dataset, transfer_syntax=ts,
                                sop_class_uid=sop_class, sop_uid=sop_uid, calling_ae=calling_ae)
         results.append(PartResult(sop_class, sop_uid, result.status, result.comment))
     return results
 
 
-def _study_of(data: bytes) -> str | None:
-    """The data set's Study Instance UID (None: unreadable, left to the store's checks)."""
+def _study_of(data: bytes, dataset: bytes, transfer_syntax: str,
+              max_inflated: int) -> str | None:
+    """The data set's Study Instance UID (None: unreadable, left to the store's checks).
+
+    pydicom inflates a deflated data set whole and unbounded, so its inflated size is
+    counted first: a decompression bomb gives None here and the store's 0xC214.
+    """
     try:
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            inflated_size(dataset, max_inflated)
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
                              specific_tags=["StudyInstanceUID"])
         return str(ds.get("StudyInstanceUID", "") or "") or None

@@ -38,7 +38,8 @@ from qcd.ingest.header import encode_part10, parse_header, split_part10
 TRANSFER_SYNTAXES = [str(ts) for ts in ALL_TRANSFER_SYNTAXES]
 """What the SCP accepts (every storage context, every transfer syntax)."""
 REFUSALS = {status.UNDECODABLE, status.PIXEL_DATA_MISMATCH, status.INVALID_UID,
-            status.TRANSFER_SYNTAX_MISMATCH, status.DATASET_SOP_MISMATCH}
+            status.TRANSFER_SYNTAX_MISMATCH, status.DATASET_SOP_MISMATCH,
+            status.INFLATED_TOO_LARGE}
 FUZZ_AE = "FUZZ"
 
 

@@ -55,6 +55,8 @@ def test_settings_are_immutable() -> None:
     [
         ({"QCD_INGEST__PORT": "70000"}, "ingest.port: 70000 is not allowed; allowed: 1-65535"),
         ({"QCD_INGEST__PORT": "abc"}, "ingest.port: expected an integer"),
+        ({"QCD_INGEST__MAX_INFLATED_MB": "0"},
+         "ingest.max_inflated_mb: 0 is not allowed; allowed: MiB > 0"),
         ({"QCD_LOGGING__LEVEL": "LOUD"}, "allowed: DEBUG, INFO, WARNING, ERROR"),
         ({"QCD_NODE__AE_TITLE": "A" * 17}, "node.ae_title"),
         ({"QCD_INGEST__ALLOWED_NETWORKS": "10.0.0.0/8,nonsense"}, "allowed_networks[1]"),

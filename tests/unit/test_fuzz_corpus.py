@@ -7,6 +7,9 @@ that once broke the target's contract (docs/RELIABILITY.md, "Coverage-guided fuz
 
 from __future__ import annotations
 
+import json
+import tracemalloc
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +17,10 @@ import pytest
 
 from qcd.errors import IngestError
 from qcd.ingest import status
-from qcd.ingest.header import encode_part10
-from tests.fuzz.targets import HttpTarget, parse_one
+from qcd.ingest.header import encode_part10, parse_header
+from qcd.ingest.inflate import MIB
+from tests.fuzz.targets import BASIC, HttpTarget, cstore_input, parse_one
+from tests.unit.test_header_deflate import BOMB_UID, CT_IMAGE, DEFLATED, deflate_bomb
 
 CORPUS = Path(__file__).parents[1] / "data" / "fuzz"
 PARSE = sorted((CORPUS / "parse").iterdir())
@@ -46,6 +51,46 @@ def test_claimed_uids_are_refused_before_the_file_meta_is_written(cls: str, uid:
     with pytest.raises(IngestError) as info:
         encode_part10(b"", "1.2.840.10008.1.2.1", cls, uid, "CT1")
     assert info.value.status == status.INVALID_UID
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """Not found by the fuzzer (``-max_len`` keeps inflated sizes under its RSS limit):
+    a deflated C-STORE of ~540 kB that inflates to 520 MiB, beyond the default limit."""
+    return deflate_bomb(520)
+
+
+def test_deflate_bomb_is_refused_without_inflating_it(bomb: bytes) -> None:
+    parse_one(cstore_input(bomb, DEFLATED, CT_IMAGE, BOMB_UID))  # a specific refusal...
+    with pytest.raises(IngestError) as info:
+        parse_header(encode_part10(bomb, DEFLATED, CT_IMAGE, BOMB_UID, "T"), CT_IMAGE,
+                     BOMB_UID, DEFLATED)
+    assert info.value.status == status.INFLATED_TOO_LARGE  # ...and this one
+
+
+def test_deflate_bomb_posted_by_stow_to_a_study_is_refused(http: HttpTarget,
+                                                           bomb: bytes) -> None:
+    # the Study UID check of /studies/{uid} read the part with pydicom, which inflated it
+    # whole before the store's bound applied
+    part = encode_part10(bomb, DEFLATED, CT_IMAGE, BOMB_UID, None)
+    boundary = uuid.uuid4().hex.encode()
+    body = b"--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n" + part + \
+        b"\r\n--" + boundary + b"--\r\n"
+    request = (b"POST /dicom-web/studies/@STUDY@ HTTP/1.1\r\nAuthorization: " + BASIC.encode()
+               + b"\r\nContent-Type: multipart/related; type=\"application/dicom\"; boundary="
+               + boundary + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+               + body)
+    tracemalloc.start()
+    try:
+        reply = http.one(request)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reply.split(b"\r\n", 1)[0].endswith(b" 409 Conflict"), reply[:200]
+    answer = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+    [failed] = answer["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [status.INFLATED_TOO_LARGE]
+    assert peak < 32 * MIB, f"peak {peak / MIB:.0f} MiB for a 520 MiB bomb"
 
 
 def test_non_ascii_csrf_token_is_a_403(http: HttpTarget) -> None:

@@ -25,7 +25,8 @@ from qcd.synth import SeriesSpec, make_study
 REAL = sorted((Path(__file__).parents[1] / "data" / "real-transfer-syntaxes").glob("*.dcm"))
 EXAMPLES = int(os.environ.get("QCD_FUZZ_EXAMPLES", "200"))
 REFUSALS = {status.UNDECODABLE, status.PIXEL_DATA_MISMATCH, status.INVALID_UID,
-            status.TRANSFER_SYNTAX_MISMATCH, status.DATASET_SOP_MISMATCH}
+            status.TRANSFER_SYNTAX_MISMATCH, status.DATASET_SOP_MISMATCH,
+            status.INFLATED_TOO_LARGE}
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
