@@ -99,6 +99,20 @@ def test_pneumothorax_fires_the_urgent_finding_with_its_own_threshold() -> None:
         "urgent": True}
 
 
+def test_labels_a_retrained_bundle_did_not_learn_are_not_assessed_not_negative() -> None:
+    bundle = _bundle()
+    bundle.spec["not_trained"] = {"labels": {"COVID-19": "not in this dataset",
+                                             "Tuberculosis": "not in this dataset"}}
+    p = np.full(16, 0.1)
+    p[LABELS.index("COVID-19")] = 0.0001  # a disabled output sits near 0
+    found = {f.name: f for f in ChestAnalyzer.findings(p, bundle, [_radiograph()], ["PA"])}
+    assert finding_name("COVID-19") not in found and finding_name("Tuberculosis") not in found
+    assert found["chest_not_assessed"].payload["labels"] == bundle.spec["not_trained"]["labels"]
+    assert found["chest_not_assessed"].value_text == "COVID-19, Tuberculosis"
+    assert found["normal"].payload["max_margin"] == pytest.approx(-0.4)
+    assert finding_name("Effusion") in found
+
+
 class _Direct:
     """A runtime without batching: calls the model in this thread."""
 

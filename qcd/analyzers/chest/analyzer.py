@@ -141,9 +141,14 @@ class ChestAnalyzer:
         """Turn per-label probabilities into the stored findings."""
         thresholds = _thresholds(bundle)
         urgent_labels = set(bundle.spec.get("urgent", URGENT))
+        # A bundle retrained on a dataset without some labels (NIH has no COVID-19/TB)
+        # fixes their output near 0: report them as not assessed, never as a confident no.
+        untrained = dict(bundle.spec.get("not_trained", {}).get("labels", {}))
         out: list[Finding] = []
         fired: list[str] = []
         for i, label in enumerate(LABELS):
+            if label in untrained:
+                continue
             prob = float(p[i])
             flagged = prob >= thresholds[label]
             if flagged:
@@ -152,13 +157,17 @@ class ChestAnalyzer:
                                payload={"label": label, "probability": round(prob, 5),
                                         "threshold": thresholds[label], "flagged": flagged,
                                         "urgent": label in urgent_labels}))
+        if untrained:
+            out.append(Finding("chest_not_assessed", value_text=", ".join(untrained)[:128],
+                               payload={"labels": untrained}))
         if fired:
             out.append(Finding("flags", value_text=", ".join(fired)[:128],
                                payload={"labels": fired}))
         else:
             out.append(Finding("normal", value_text="yes",
                                payload={"max_margin": round(float(max(
-                                   p[i] - thresholds[label] for i, label in enumerate(LABELS))),
+                                   p[i] - thresholds[label] for i, label in enumerate(LABELS)
+                                   if label not in untrained)),
                                    5)}))
         urgent = [label for label in fired if label in urgent_labels]
         if urgent:
