@@ -18,7 +18,8 @@ from qcd.bundles import models_root
 from qcd.config import Settings
 from qcd.errors import IngestError, InferenceError
 from qcd.importer import iter_files
-from qcd.ingest.header import parse_header, split_part10
+from qcd.ingest.header import DEFAULT_MAX_INFLATED, parse_header, split_part10
+from qcd.ingest.inflate import MIB
 from qcd.routing import SeriesFacts, route
 from qcd.workers.run import BundleCache, run_analyzer
 from qcd.workers.runtime import LocalRuntime
@@ -39,8 +40,10 @@ class AnalysisRow:
     model: str = ""
 
 
-def group_series(paths: Iterable[str | Path]) -> tuple[dict[str, list[Path]], list[str]]:
-    """Files by Series Instance UID (checked like ingest), and the files skipped."""
+def group_series(paths: Iterable[str | Path], max_inflated: int = DEFAULT_MAX_INFLATED,
+                 ) -> tuple[dict[str, list[Path]], list[str]]:
+    """Files by Series Instance UID (checked like ingest, with its inflate limit), and the
+    files skipped."""
     groups: dict[str, list[tuple[int, str, Path]]] = defaultdict(list)
     skipped: list[str] = []
     for path in iter_files(paths):
@@ -48,7 +51,8 @@ def group_series(paths: Iterable[str | Path]) -> tuple[dict[str, list[Path]], li
             data = path.read_bytes()
             meta, _ = split_part10(data)
             h = parse_header(data, str(meta.MediaStorageSOPClassUID),
-                             str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID))
+                             str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID),
+                             max_inflated)
         except IngestError as exc:
             skipped.append(f"{path}: 0x{exc.status:04X} {exc.message}")
             continue
@@ -66,7 +70,7 @@ def analyze_paths(
     bundles = BundleCache(models_root(settings.workers.models_path))
     runtime = LocalRuntime(settings.inference)
     rows: list[AnalysisRow] = []
-    series, skipped = group_series(paths)
+    series, skipped = group_series(paths, settings.ingest.max_inflated_mb * MIB)
     for uid, files in series.items():
         ds = pydicom.dcmread(files[0], stop_before_pixels=True)
         modality = str(ds.get("Modality", "")) or None

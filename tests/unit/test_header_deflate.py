@@ -233,3 +233,14 @@ def test_implicit_vr_data_set_inside_the_deflate_stream_is_a_mismatch(
     error = _refusal(_deflate(buf.getvalue()), sop_uid=str(ds.SOPInstanceUID),
                      cls=str(ds.SOPClassUID))
     assert error.status == status.TRANSFER_SYNTAX_MISMATCH  # pydicom would have guessed
+
+
+def test_qcd_analyze_grouping_uses_the_configured_inflate_limit(tmp_path: Path) -> None:
+    from qcd.analyze import group_series
+
+    path = tmp_path / "bomb.dcm"
+    path.write_bytes(encode_part10(deflate_bomb(3), DEFLATED, CT_IMAGE, BOMB_UID, "T"))
+    series, skipped = group_series([tmp_path], max_inflated=2 * MIB)
+    assert series == {} and len(skipped) == 1 and "0xC214" in skipped[0]
+    series, skipped = group_series([tmp_path], max_inflated=4 * MIB)
+    assert skipped == [] and list(series) == [BOMB_UID + ".2"]
