@@ -1,4 +1,5 @@
-"""Fixtures shared by integration tests: a real HTTP receiver for webhooks, a test PKI."""
+"""Fixtures shared by integration tests: a migrated SQLite database, a real HTTP receiver
+for webhooks, a test PKI."""
 
 from __future__ import annotations
 
@@ -11,6 +12,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from qcd.db.engine import Database
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    """A migrated SQLite database in the test's temporary directory."""
+    database = Database(f"sqlite:///{tmp_path}/qcd.db")
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+def mutual_tls_listener(pki: Path) -> dict[str, str]:
+    """Settings for qcd's DICOM listener with TLS and required client certificates."""
+    return {"QCD_INGEST__TLS__ENABLED": "true",
+            "QCD_INGEST__TLS__CERT_FILE": str(pki / "server.crt"),
+            "QCD_INGEST__TLS__KEY_FILE": str(pki / "server.key"),
+            "QCD_INGEST__TLS__CA_FILE": str(pki / "ca.crt"),
+            "QCD_INGEST__TLS__REQUIRE_CLIENT_CERT": "true"}
 
 
 @dataclass

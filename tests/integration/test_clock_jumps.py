@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,14 +51,6 @@ pytestmark = pytest.mark.integration
 
 HOUR = 3600.0
 QUIET = 10.0
-
-
-@pytest.fixture
-def sqlite_db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path}/qcd.db")
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def _sweeper(db: Database, clock: ManualClock) -> CompletionSweeper:

@@ -43,14 +43,6 @@ def _pynetdicom() -> None:
 
 
 
-@pytest.fixture
-def sqlite_db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path}/qcd.db")
-    database.upgrade()
-    yield database
-    database.dispose()
-
-
 def make_series(db: Database) -> int:
     with db.session() as session:
         study = Study(study_uid=pydicom.uid.generate_uid())

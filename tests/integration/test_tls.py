@@ -14,6 +14,7 @@ import pytest
 from qcd.app import Daemon
 from qcd.synth import SeriesSpec, make_study
 from tests.conftest import make_settings
+from tests.integration.conftest import mutual_tls_listener
 from tests.integration.dcmtk import storescu
 
 pytestmark = pytest.mark.integration
@@ -27,11 +28,7 @@ def _echo(port: int, *tls: str) -> int:
 def test_tls_with_required_client_certificates(pki: Path, tmp_path: Path) -> None:
     daemon = Daemon(make_settings(
         tmp_path,
-        QCD_INGEST__TLS__ENABLED="true",
-        QCD_INGEST__TLS__CERT_FILE=str(pki / "server.crt"),
-        QCD_INGEST__TLS__KEY_FILE=str(pki / "server.key"),
-        QCD_INGEST__TLS__CA_FILE=str(pki / "ca.crt"),
-        QCD_INGEST__TLS__REQUIRE_CLIENT_CERT="true",
+        **mutual_tls_listener(pki),
     ))
     daemon.start()
     try:

@@ -32,7 +32,7 @@ from qcd.audit.query import AuditFilters, Peer, SeriesCandidate, find_series
 from qcd.audit.retrieve import retrieve_get, retrieve_move
 from qcd.cli import main
 from qcd.db.engine import Database
-from qcd.db.models import Delivery, DeliveryState, Series, Study, utcnow
+from qcd.db.models import Delivery, DeliveryState, Series, utcnow
 from qcd.errors import ExportError
 from qcd.outputs.delivery import (
     DeliverySettings,
@@ -44,6 +44,8 @@ from qcd.outputs.delivery import (
 from qcd.outputs.settings import ClientTlsSettings
 from qcd.synth import SeriesSpec, make_study
 from tests.conftest import free_port, make_settings
+from tests.integration.conftest import mutual_tls_listener
+from tests.integration.test_delivery import make_series
 
 pytestmark = pytest.mark.integration
 
@@ -103,14 +105,7 @@ def outbox(tmp_path: Path) -> Iterator[tuple[Database, list[tuple[Path, str]]]]:
 
 
 def _queue(db: Database, files: list[tuple[Path, str]], dest: Destination) -> None:
-    with db.session() as session:
-        study = Study(study_uid=pydicom.uid.generate_uid())
-        session.add(study)
-        session.flush()
-        series = Series(study_id=study.id, series_uid=pydicom.uid.generate_uid(), modality="CT")
-        session.add(series)
-        session.flush()
-        series_id = series.id
+    series_id = make_series(db)
     for path, uid in files:
         enqueue(db, series_id, "SR", uid, path, [dest])
 
@@ -218,11 +213,7 @@ def test_qcd_send_over_mutual_tls_to_the_qcd_listener(
 ) -> None:
     daemon = Daemon(make_settings(
         tmp_path,
-        QCD_INGEST__TLS__ENABLED="true",
-        QCD_INGEST__TLS__CERT_FILE=str(pki / "server.crt"),
-        QCD_INGEST__TLS__KEY_FILE=str(pki / "server.key"),
-        QCD_INGEST__TLS__CA_FILE=str(pki / "ca.crt"),
-        QCD_INGEST__TLS__REQUIRE_CLIENT_CERT="true",
+        **mutual_tls_listener(pki),
     ), registry={})
     daemon.start()
     try:
