@@ -22,14 +22,14 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, case, or_
 
 from qcd.db.models import utcnow
 
-__all__ = ["SLACK", "SYSTEM_CLOCK", "Clock", "Elapsed", "SystemClock", "due"]
+__all__ = ["SLACK", "SYSTEM_CLOCK", "Clock", "Elapsed", "SystemClock", "due", "longest_waits"]
 
 SLACK = dt.timedelta(seconds=5)
 """Wall-clock differences smaller than this (between nodes, or a small NTP slew) are not
@@ -117,3 +117,12 @@ def due(column: Any, attempts: Any, now: dt.datetime,
         value=attempts, else_=now + dt.timedelta(seconds=longest) + SLACK,
     ) if waits else now + SLACK
     return or_(column.is_(None), column <= now, column > ahead)
+
+
+def longest_waits(delay: Callable[[int], float], lease: dt.timedelta,
+                  max_attempts: int) -> dict[int, float]:
+    """The ``waits`` of :func:`due` for rows retried with back-off ``delay(attempts)``
+    and claimed under ``lease``: attempts so far -> the longest a row can have been
+    told to wait (a row waiting longer was scheduled before the clock went back)."""
+    seconds = lease.total_seconds()
+    return {k: max(delay(k) if k else 0.0, seconds) for k in range(max_attempts)}

@@ -32,7 +32,7 @@ from typing import Protocol
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
-from qcd.clock import SYSTEM_CLOCK, Clock, due
+from qcd.clock import SYSTEM_CLOCK, Clock, due, longest_waits
 from qcd.db.models import AlertNotification, NotificationState
 from qcd.db.engine import Database
 from qcd.db.models import Alert, AlertState, Finding, Job, JobState, Series, utcnow
@@ -369,10 +369,8 @@ class AlertDispatcher:
         longest = max([c.timeout for c in settings.webhooks] +
                       [c.timeout for c in settings.emails] + [10.0])
         self.claim_lease = dt.timedelta(seconds=4 * longest)
-        lease = self.claim_lease.total_seconds()
-        self._waits = {k: max(self._delay(k) if k else 0.0, lease)
-                       for k in range(settings.max_attempts)}
-        """Attempts so far -> longest wait a row can have been given (see qcd.clock.due)."""
+        self._waits = longest_waits(self._delay, self.claim_lease, settings.max_attempts)
+        """Attempts so far -> the longest wait a row can have been given (:func:`due`)."""
 
     def _delay(self, attempts: int) -> float:
         return min(self.settings.retry_seconds * 2 ** (attempts - 1), MAX_RETRY_DELAY)

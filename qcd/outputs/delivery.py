@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from qcd.clock import SYSTEM_CLOCK, Clock, due
+from qcd.clock import SYSTEM_CLOCK, Clock, due, longest_waits
 from qcd.db.engine import Database
 from qcd.db.models import Alert, Delivery, DeliveryState, utcnow
 from qcd.errors import IngestError, QcdError
@@ -323,11 +323,8 @@ class DeliveryWorker:
         longest = max((d.timeout for d in settings.destinations), default=30.0)
         self.claim_lease = dt.timedelta(seconds=(settings.batch + 2) * longest)
         """How long claimed rows stay invisible: a batch where every file times out."""
-        lease = self.claim_lease.total_seconds()
-        self._waits = {k: max(self._delay(k) if k else 0.0, lease)
-                       for k in range(settings.max_attempts)}
-        """Attempts so far -> the longest a row can have been told to wait (back-off or
-        claim lease): a row waiting longer was scheduled before the clock went back."""
+        self._waits = longest_waits(self._delay, self.claim_lease, settings.max_attempts)
+        """Attempts so far -> the longest wait a row can have been given (:func:`due`)."""
 
     def _delay(self, attempts: int) -> float:
         s = self.settings
