@@ -378,19 +378,15 @@ def _push(files: list[Path], port: int, aec: str) -> None:
             raise BenchError(f"{aec}: {len(result.acknowledged)}/{len(files)} acknowledged, "
                              f"failed {dict(list(result.failed.items())[:3])}")
         return
-    from pynetdicom import AE
-    ae = AE(ae_title="BENCH")
-    ae.add_requested_context(pydicom.dcmread(files[0], stop_before_pixels=True).SOPClassUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title=aec)
-    if not assoc.is_established:
-        raise BenchError(f"{aec} refused the association")
+    from qcd.errors import ExportError
+    from qcd.scu import send_files  # qcd's own Storage SCU (`qcd send`)
     try:
-        for f in files:
-            status = assoc.send_c_store(f)
-            if not status or status.Status != 0:
-                raise BenchError(f"{aec}: C-STORE of {f.name} failed: {status}")
-    finally:
-        assoc.release()
+        results = send_files(files, "127.0.0.1", port, called_ae=aec, calling_ae="BENCH")
+    except ExportError as exc:
+        raise BenchError(f"{aec} refused the association: {exc}") from None
+    for r in results:
+        if r.status != 0:
+            raise BenchError(f"{aec}: C-STORE of {r.path.name} failed: {r.status} {r.comment}")
 
 
 @dataclass
