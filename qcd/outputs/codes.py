@@ -57,6 +57,7 @@ MOTION_GRADE = qcd_code("MOTIONGRADE", "Motion grade (1-5)")
 RESCAN_RECOMMENDED = qcd_code("RESCAN", "Rescan recommended")
 MOTION_REVIEW = qcd_code("MOTIONREVIEW", "Motion grade needs operator review")
 MOTION_ESTIMATE = qcd_code("MOTIONEST", "Periosteal streak index")
+MOTION_MAGNITUDE = qcd_code("MOTIONMAG", "Estimated motion magnitude")
 
 # --- chest radiograph flags -------------------------------------------------------------
 CHEST_ASSESSMENT = qcd_code("CHESTFLAGS", "Chest radiograph anomaly flags")
@@ -187,6 +188,9 @@ CODE_TABLE: tuple[CodeRow, ...] = (
             "operator (low confidence, or borderline between 3 and 4)."),
     CodeRow(MOTION_ESTIMATE, "Measurement (1): image-based periosteal streak index reported "
             "beside the CNN (higher = more streaking)."),
+    CodeRow(MOTION_MAGNITUDE, "Measurement (um): the CNN's estimate of the rigid motion "
+            "magnitude during the acquisition (bundles with a motion head; the grade cut "
+            "points are magnitudes too)."),
     CodeRow(CHEST_ASSESSMENT, "Finding type of the `chest` analyzer's measurement group; "
             "each `chest_<label>` probability has an automatic code (see below)."),
     CodeRow(URGENT, "Text answer: the chest labels that fired and are urgent "
@@ -229,6 +233,7 @@ CONCEPTS: Mapping[str, Code] = {
     "rescan_recommended": RESCAN_RECOMMENDED,
     "motion_review": MOTION_REVIEW,
     "motion_estimate": MOTION_ESTIMATE,
+    "motion_magnitude": MOTION_MAGNITUDE,
     "urgent": URGENT,
     "la_volume": LA_VOLUME,
     "la_volume_index": LA_VOLUME_INDEX,

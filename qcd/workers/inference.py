@@ -54,6 +54,11 @@ class InferenceSettings:
     """How long the first queued request waits for others to join its batch."""
     amp: bool = True
     """float16 autocast on CUDA (ignored on CPU); faster, logits differ by ~1e-3."""
+    channels_last: bool = True
+    """NHWC layout for 2-D convolution nets on CUDA (ignored on CPU): under fp16 autocast
+    cuDNN then uses its tensor-core kernels (H100, same run: the atrium U-Net's batched
+    throughput 3153 against 2669 slices/s). Nets that run in float32 opt out through a
+    ``channels_last_ok = False`` attribute."""
     cpu_threads: int = 0
     """torch intra-op threads (process-wide); 0 keeps torch's default."""
 
@@ -171,8 +176,9 @@ class BatchingPredictor:
         The network, weights already loaded; moved to ``device`` and set to eval().
     device
         Where it runs (see :func:`select_device`).
-    max_batch, max_wait_ms, amp
-        As in :class:`InferenceSettings`.
+    max_batch, max_wait_ms, amp, channels_last
+        As in :class:`InferenceSettings` (``channels_last`` defaults to off here so that a
+        bare predictor keeps the model's layout; the pool passes the setting).
     name
         Used in the thread name and in log lines.
     """
@@ -180,6 +186,7 @@ class BatchingPredictor:
     def __init__(
         self, model: torch.nn.Module, device: torch.device | str, max_batch: int = 32,
         max_wait_ms: float = 5.0, amp: bool = True, name: str = "model",
+        channels_last: bool = False,
     ) -> None:
         import torch
 
@@ -193,8 +200,13 @@ class BatchingPredictor:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.amp = amp and self.device.type == "cuda"
+        # a model may opt out (``channels_last_ok = False``), e.g. one that runs in float32
+        self.channels_last = (channels_last and self.device.type == "cuda"
+                              and bool(getattr(model, "channels_last_ok", True)))
         self.name = name
         self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -348,6 +360,8 @@ class BatchingPredictor:
         try:
             xs = [it.x.to(self.device) for it in batch]
             x = xs[0] if len(xs) == 1 else torch.cat(xs)
+            if self.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             autocast = (torch.autocast("cuda", dtype=torch.float16) if self.amp
                         else contextlib.nullcontext())
             with torch.inference_mode(), autocast:
@@ -358,7 +372,8 @@ class BatchingPredictor:
                     f"model {self.name} returned {shape} for {total} sample(s); "
                     f"expected one tensor of shape ({total}, ...)"
                 )
-            y = y.detach().to(device="cpu", dtype=torch.float32)
+            y = y.detach().to(device="cpu", dtype=torch.float32,
+                              memory_format=torch.contiguous_format)
             # clone outside inference mode: callers get normal, independent tensors
             return [part.clone() for part in y.split(sizes)]
         except Exception:
@@ -473,7 +488,8 @@ class PredictorPool:
                             f"not a torch.nn.Module")
         s = self.settings
         return BatchingPredictor(model, self.device, max_batch=s.max_batch,
-                                 max_wait_ms=s.max_wait_ms, amp=s.amp, name=key)
+                                 max_wait_ms=s.max_wait_ms, amp=s.amp, name=key,
+                                 channels_last=s.channels_last)
 
     def stats(self) -> dict[str, PredictorStats]:
         """Counters of every built predictor, by key."""

@@ -124,6 +124,22 @@ def daemon_precision(device: torch.device, amp: bool) -> Iterator[None]:
         yield
 
 
+def layout(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Input on ``device`` in the layout the predictor gives it (NHWC on CUDA if asked)."""
+    x = x.to(device)
+    if channels_last and device.type == "cuda" and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def prepared(case: Case, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """The model on ``device`` in the predictor's layout, so every path runs the same net."""
+    model = case.model.to(device).eval()
+    if channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def to_host(y: torch.Tensor) -> torch.Tensor:
     return y.detach().to(device="cpu", dtype=torch.float32)
 
@@ -170,12 +186,12 @@ def timed_on_thread(step: Callable[[int], int], device: torch.device, amp: bool,
 
 
 def batch1(case: Case, pool: torch.Tensor, device: torch.device, amp: bool,
-           seconds: float, warmup: float) -> Result:
-    model = case.model.to(device).eval()
+           seconds: float, warmup: float, channels_last: bool) -> Result:
+    model = prepared(case, device, channels_last)
 
     def step(i: int) -> int:
         k = i % len(pool)
-        to_host(model(pool[k:k + 1].to(device)))
+        to_host(model(layout(pool[k:k + 1], device, channels_last)))
         return 1
 
     done, wall = timed_on_thread(step, device, amp, seconds, warmup)
@@ -183,12 +199,12 @@ def batch1(case: Case, pool: torch.Tensor, device: torch.device, amp: bool,
 
 
 def plain(case: Case, pool: torch.Tensor, batch: int, device: torch.device, amp: bool,
-          seconds: float, warmup: float) -> Result:
-    model = case.model.to(device).eval()
+          seconds: float, warmup: float, channels_last: bool) -> Result:
+    model = prepared(case, device, channels_last)
     x = pool[:batch]
 
     def step(_: int) -> int:
-        to_host(model(x.to(device)))
+        to_host(model(layout(x, device, channels_last)))
         return batch
 
     done, wall = timed_on_thread(step, device, amp, seconds, warmup)
@@ -197,8 +213,9 @@ def plain(case: Case, pool: torch.Tensor, batch: int, device: torch.device, amp:
 
 
 def batched(case: Case, pool: torch.Tensor, max_batch: int, jobs: int, device: torch.device,
-            amp: bool, seconds: float, warmup: float) -> Result:
-    settings = InferenceSettings(device=str(device), max_batch=max_batch, amp=amp)
+            amp: bool, seconds: float, warmup: float, channels_last: bool) -> Result:
+    settings = InferenceSettings(device=str(device), max_batch=max_batch, amp=amp,
+                                 channels_last=channels_last)
     runtime = LocalRuntime(settings)
     tag = f"{case.bundle.name}/{case.bundle.version}:{case.bundle.sha256[:12]}"
     predictor = runtime.predictor(tag, lambda: case.model)
@@ -248,8 +265,19 @@ def batched(case: Case, pool: torch.Tensor, max_batch: int, jobs: int, device: t
                   done, wall)
 
 
-def precision(case: Case, device: torch.device, amp: bool) -> str:
-    """What the net really computes in on ``device`` (EARL turns autocast off inside)."""
+def nhwc(case: Case, device: torch.device, channels_last: bool) -> bool:
+    """Whether the predictor runs this net in NHWC (a net may opt out, as EARL's do)."""
+    return (channels_last and device.type == "cuda"
+            and bool(getattr(case.model, "channels_last_ok", True)))
+
+
+def precision(case: Case, device: torch.device, amp: bool, channels_last: bool) -> str:
+    """What the net really computes in on ``device`` (EARL turns autocast off inside),
+    and in which layout."""
+    return _dtype(case, device, amp) + (", NHWC" if nhwc(case, device, channels_last) else "")
+
+
+def _dtype(case: Case, device: torch.device, amp: bool) -> str:
     if device.type != "cuda" or not amp:
         return "float32" + (", TF32 off" if device.type == "cuda" else "")
     model = case.model.to(device).eval()
@@ -269,17 +297,19 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace,
              batches: list[int]) -> list[Result]:
     torch.manual_seed(0)
     pool = torch.rand(max(max(batches), case.request), *case.shape)
+    cl = nhwc(case, device, args.channels_last)
     progress(f"{case.name}: batch-1 loop")
-    results = [batch1(case, pool, device, args.amp, args.seconds, args.warmup)]
+    results = [batch1(case, pool, device, args.amp, args.seconds, args.warmup, cl)]
     for b in batches:
         jobs = jobs_for(case, b, args.jobs)
         progress(f"{case.name}: BatchingPredictor max_batch {b}, {jobs} jobs")
         results.append(batched(case, pool, b, jobs, device, args.amp, args.seconds,
-                               args.warmup))
+                               args.warmup, cl))
     if not args.no_plain:
         for b in batches:
             progress(f"{case.name}: plain forward, batch {b}")
-            results.append(plain(case, pool, b, device, args.amp, args.seconds, args.warmup))
+            results.append(plain(case, pool, b, device, args.amp, args.seconds, args.warmup,
+                                 cl))
     return results
 
 
@@ -332,6 +362,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--atrium-slices", type=int, help="slices per atrium volume (default 110)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="float16 autocast on CUDA, as inference.amp (default on)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC layout on CUDA for every path, as inference.channels_last "
+                        "(default on)")
     p.add_argument("--no-plain", action="store_true", help="skip the plain batched forward")
     p.add_argument("--quick", action="store_true", help="short windows, small batches (CPU)")
     p.add_argument("--out", type=Path)
@@ -366,7 +399,7 @@ def main() -> int:
     for name in names:
         try:
             case = load_case(name, args.atrium_size, args.atrium_slices)
-            prec = precision(case, device, args.amp)
+            prec = precision(case, device, args.amp, args.channels_last)
             results = run_case(case, device, args, batches)
         except Exception:
             failed += 1
@@ -382,7 +415,10 @@ def main() -> int:
     total = time.perf_counter() - started
     note = (f"Device {device} ({gpu}); each path timed for {args.seconds:g} s after "
             f"{args.warmup:g} s of warm-up; BatchingPredictor max_wait_ms "
-            f"{InferenceSettings().max_wait_ms:g}; random inputs of the model input shape. "
+            f"{InferenceSettings().max_wait_ms:g}; "
+            f"layout as the predictor's on every path of a net (NHWC where the precision "
+            f"column says so, else NCHW; --no-channels-last: NCHW for all); random inputs "
+            f"of the model input shape. "
             f"Speed-up = best BatchingPredictor slices/s over the batch-1 loop's; issue 10's "
             f"goal is {GOAL:g}x: met by {', '.join(verdicts['met']) or 'none'}; not met by "
             f"{', '.join(verdicts['not met']) or 'none'}. Whole run {total:.0f} s.")

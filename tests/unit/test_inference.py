@@ -256,3 +256,31 @@ def test_cpu_and_cuda_fp16_agree_on_decisions() -> None:
     assert half.dtype == torch.float32 and half.device == CPU
     torch.testing.assert_close(half, ref, atol=1e-2, rtol=0)
     assert torch.equal(half.argmax(1), ref.argmax(1))
+
+
+def test_channels_last_is_a_cuda_only_layout_and_a_model_may_opt_out() -> None:
+    x = torch.randn(6, 1, 16, 16)
+    with BatchingPredictor(conv_net(), CPU, channels_last=True) as cpu:
+        assert cpu.channels_last is False  # CPU keeps NCHW whatever the setting
+        out = cpu.predict(x)
+    assert out.is_contiguous() and out.shape[0] == 6
+    if torch.cuda.is_available():
+        net = conv_net()
+        net.channels_last_ok = False  # type: ignore[assignment]
+        with BatchingPredictor(net, select_device("cuda"), channels_last=True) as gpu:
+            assert gpu.channels_last is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_channels_last_on_cuda_gives_the_nchw_results() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(40, 1, 32, 32)
+    net = conv_net()
+    with BatchingPredictor(net, select_device("cuda"), amp=False) as nchw:
+        ref = nchw.predict(x)
+    with BatchingPredictor(net, select_device("cuda"), amp=False, channels_last=True) as nhwc:
+        assert nhwc.channels_last is True
+        out = nhwc.predict(x)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref, atol=5e-3, rtol=0)  # TF32 may differ by algorithm

@@ -128,3 +128,60 @@ def test_acceptance_rules() -> None:
     tagged = _header(Manufacturer="ACME", SeriesDescription="HR-pQCT distal tibia")
     assert a.accepts([tagged] * 168).ok
     assert a.accepts([_header(Manufacturer="", ManufacturerModelName="XtremeCT II")] * 168).ok
+
+
+def test_motion_head_adds_a_log_magnitude_output_the_decision_ignores() -> None:
+    from qcd.analyzers.motion.model import log_motion_target, scan_motion_um
+
+    net = MotionNet(8, motion_head=True).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(3, 1, INPUT_SIZE, INPUT_SIZE))
+    assert out.shape == (3, 5)
+    logits = torch.tensor([[2.0, 1.0, -1.0, -3.0, math.log(2.0)],
+                           [2.0, 1.0, -1.0, -3.0, math.log(8.0)]])
+    assert torch.equal(scan_cumulative(logits), scan_cumulative(logits[:, :4]))
+    # geometric mean over slices of 100 um x exp(head): sqrt(200 * 800) = 400 um
+    assert scan_motion_um(logits) == pytest.approx(400.0)
+    assert scan_motion_um(logits[:, :4]) is None
+    # magnitudes below the floor (8 um, also an exact 0) share one target
+    t = log_motion_target(torch.tensor([0.0, 8.0, 300.0]))
+    assert t[0] == t[1] == pytest.approx(math.log(0.08))
+    assert t[2] == pytest.approx(math.log(3.0))
+
+
+def test_variant_choice_uses_validation_specificity_then_sensitivity() -> None:
+    from training.motion.train import selection_score
+
+    def summary(spec: float, sens: float, kappa: float, held_out_spec: float) -> dict:
+        return {"validation": {"rescan_specificity": spec, "rescan_sensitivity": sens,
+                               "kappa_quadratic": kappa},
+                "held_out": {"rescan_specificity": held_out_spec}}
+
+    a, b = summary(0.898, 0.960, 0.94, 0.80), summary(0.893, 0.965, 0.95, 0.99)
+    assert max([a, b], key=selection_score) is a  # held-out numbers never decide
+    c = summary(0.898, 0.970, 0.90, 0.5)
+    assert max([a, c], key=selection_score) is c
+
+
+def test_card_reports_variants_margins_and_the_motion_head() -> None:
+    import copy
+    import json
+    from pathlib import Path
+
+    from training.motion.card import model_card
+
+    root = Path(__file__).resolve().parents[2]
+    spec = json.loads((root / "models" / "motion" / "1.0.0" / "model.json").read_text())
+    card = model_card(spec)
+    assert "## Variants (same scans, same seed)" in card
+    assert "plain (shipped)" in card
+    assert "95% intervals (Clopper-Pearson)" in card
+    assert card == (root / "models" / "motion" / "1.0.0" / "MODEL_CARD.md").read_text()
+    head = copy.deepcopy(spec)
+    head["input"]["motion_head"] = True
+    head["metrics"]["held_out_simulated"]["motion_head"] = {
+        "spearman_vs_motion": 0.9, "median_factor": 1.2, "p90_factor": 1.8,
+        "grade_from_estimate_accuracy": 0.7}
+    text = model_card(head)
+    assert "Motion head (`motion_magnitude` finding, um): Spearman 0.900" in text
+    assert "A fifth output regresses" in text

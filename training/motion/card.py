@@ -13,6 +13,83 @@ def _num(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _variants(t: dict[str, Any]) -> str:
+    """The comparison of variants trained on the same scans (validation chose the bundle)."""
+    rows = t.get("variants") or []
+    if len(rows) < 2:
+        return ""
+    lines = ["| variant | motion head | rescan threshold | validation: specificity / "
+             "sensitivity / kappa | held-out: specificity / sensitivity / kappa | fit s |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        v, h = r["validation"], r["held_out"]
+        mark = " (shipped)" if r["variant"] == t.get("chosen_variant") else ""
+        lines.append(
+            f"| {r['variant']}{mark} | {'yes' if r['motion_head'] else 'no'} | "
+            f"{r['rescan_probability']} | {_pct(v['rescan_specificity'])} / "
+            f"{_pct(v['rescan_sensitivity'])} / {_num(v['kappa_quadratic'])} | "
+            f"{_pct(h['rescan_specificity'])} / {_pct(h['rescan_sensitivity'])} / "
+            f"{_num(h['kappa_quadratic'])} | {r['fit_seconds']} |")
+    return ("\n## Variants (same scans, same seed)\nEach variant was trained on the same "
+            "simulated scans; the shipped one has the best validation specificity at its "
+            "validation-chosen threshold (then sensitivity, then kappa). Held-out numbers are "
+            "shown for the record and did not take part in the choice.\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def _interval(rate: float | None, n: int) -> tuple[float, float] | None:
+    """Clopper-Pearson 95 % interval of a rate measured on ``n`` scans."""
+    if rate is None or n <= 0:
+        return None
+    from scipy.stats import beta
+
+    k = round(rate * n)
+    lo = float(beta.ppf(0.025, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
+    return lo, hi
+
+
+def _margins(m: dict[str, Any], targets: dict[str, Any], rescan_grade: int,
+             t: dict[str, Any]) -> str:
+    """How far the held-out rescan rates are from their targets, given the scan counts."""
+    counts = {int(g): n for g, n in m["grade_counts"].items()}
+    positives = sum(n for g, n in counts.items() if g >= rescan_grade)
+    negatives = sum(counts.values()) - positives
+    parts, short = [], []
+    for name, key, n in (("sensitivity", "rescan_sensitivity", positives),
+                         ("specificity", "rescan_specificity", negatives)):
+        ci = _interval(m[key], n)
+        if ci is None:
+            continue
+        parts.append(f"{name} {_pct(ci[0])}-{_pct(ci[1])} ({n} scans)")
+        if ci[0] < targets.get(key, 0.0):
+            short.append(name)
+    if not parts:
+        return ""
+    text = "95% intervals (Clopper-Pearson): " + ", ".join(parts) + "."
+    if short:
+        chosen = next((r for r in t.get("variants") or []
+                       if r["variant"] == t.get("chosen_variant")), None)
+        val = ("" if chosen is None else
+               f" On the {t.get('n_val_scans')} validation scans the same threshold gave "
+               f"sensitivity {_pct(chosen['validation']['rescan_sensitivity'])} and "
+               f"specificity {_pct(chosen['validation']['rescan_specificity'])}.")
+        text += (f" The lower bounds for {' and '.join(short)} lie below the target: the "
+                 f"margin is thin, and another set of scans may fall short.{val}")
+    return text + "\n"
+
+
+def _magnitude(m: dict[str, Any]) -> str:
+    h = m.get("motion_head")
+    if not h:
+        return ""
+    return (f"\nMotion head (`motion_magnitude` finding, um): Spearman "
+            f"{_num(h['spearman_vs_motion'])} against the true magnitude; median error a factor "
+            f"{_num(h['median_factor'], '.2f')} (90th percentile {_num(h['p90_factor'], '.2f')}; "
+            f"magnitudes below 8 um count as 8 um); the grade read off the estimate with the "
+            f"cut points is right for {_pct(h['grade_from_estimate_accuracy'])} of scans.\n")
+
+
 def model_card(spec: dict[str, Any]) -> str:
     m = spec["metrics"]["held_out_simulated"]
     t = spec["training"]
@@ -48,6 +125,10 @@ def model_card(spec: dict[str, Any]) -> str:
     tk, ts = targets.get("kappa"), _pct(targets.get("rescan_sensitivity"))
     tsp = _pct(targets.get("rescan_specificity"))
     sens, spec_ = _pct(m["rescan_sensitivity"]), _pct(m["rescan_specificity"])
+    _head_text = ("A fifth output regresses log(max(M, 8 um) / 100 um) of the simulated "
+                  "motion magnitude M (smooth-L1, weight 0.5 beside the ordinal loss); its "
+                  "geometric mean over slices is reported as `motion_magnitude`.\n"
+                  if spec["input"].get("motion_head") else "")
     cal = spec.get("calibration")
     if cal:
         rows = "\n".join(
@@ -106,15 +187,15 @@ grade from slice results, low-confidence review). Decision: rescan at grade >=
 {th['rescan_grade']}, or already when P(grade >= {th['rescan_grade']}) >=
 {th['rescan_probability']} ({_tuned}); review when P(decoded grade) < {th['min_confidence']} or
 P(grade >= {th['rescan_grade']}) in [{th['borderline_low']}, {th['borderline_high']}].
-Preprocessing `{spec['preprocessing']}`; weights sha256 `{spec['sha256']}`.
-
+{_head_text}Preprocessing `{spec['preprocessing']}`; weights sha256 `{spec['sha256']}`.
+{_variants(t)}
 ## Training data (simulated)
 `training/motion/simulate.py`: distal-radius-like phantoms (elliptical periosteum,
 cortex 0.5-1.5 mm, trabecular network of band-passed-noise ridges, marrow, soft tissue)
 on a {sim['size_px']} x {sim['size_px']} grid at {sim['pixel_mm'] * 1000:.0f} um, forward-projected
 (parallel beam, {sim['views']} views over 180 degrees) with a rigid motion path applied
 during the acquisition (1-3 sudden steps and/or smooth drifts, up to 1.1 mm and 1 degree),
-quantum noise (I0 1e4-1e5), FBP (Ram-Lak x Hann). 8 slices per scan share the motion path
+quantum noise (I0 1e4-1e5), FBP (Ram-Lak x Hann). {spec['input']['slices']} slices per scan share the motion path
 (one stack is one rotation). Grades balanced; the magnitude is log-uniform inside each
 grade band. {t['n_train_scans']} training and {t['n_test_scans']} held-out scans (held-out
 seed {t['held_out_seed']}), {t['epochs']} epochs, trained on {t['trained_on']} in
@@ -144,13 +225,13 @@ broken cortex, which is the grade 3 / 4 boundary of the definitions.
 | wrong rescan decisions flagged for review | {_pct(m['rescan_errors_flagged_review'])} | |
 | streak index vs motion (Spearman) | {_num(m['streak_index_spearman_vs_motion'])} | |
 
-{m.get('streak_index_note', '')}
+{m.get('streak_index_note', '')}{_magnitude(m)}
 
 With the plain rule (rescan only at decoded grade >= {th['rescan_grade']}):
 {_default}
 
 {verdict}
-
+{_margins(m, targets, th['rescan_grade'], t)}
 Confusion (rows true grade, columns predicted):
 
 | true | scans | 1 | 2 | 3 | 4 | 5 |

@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 
 from qcd.analyzers.base import Acceptance, Finding, Runtime, SeriesInput
 from qcd.analyzers.motion.decision import Thresholds, decide
-from qcd.analyzers.motion.model import MotionNet, scan_cumulative
+from qcd.analyzers.motion.model import N_ORDINAL, MotionNet, scan_cumulative, scan_motion_um
 from qcd.analyzers.motion.preprocess import N_SLICES, PREPROCESSING_VERSION, prepare
 from qcd.analyzers.motion.quant import streak_index
 from qcd.analyzers.volume import load_volume
@@ -46,7 +46,8 @@ MIN_SLICES = 16
 
 def load_model(bundle: Bundle) -> MotionNet:
     """Build the bundle's architecture and load its verified weights."""
-    model = MotionNet(int(bundle.spec.get("input", {}).get("width", 16)))
+    spec = bundle.spec.get("input", {})
+    model = MotionNet(int(spec.get("width", 16)), bool(spec.get("motion_head", False)))
     return load_weights(bundle, model, PREPROCESSING_VERSION)
 
 
@@ -107,7 +108,8 @@ class MotionAnalyzer:
         logits = torch.as_tensor(logits).float()
         cumulative = scan_cumulative(logits)
         d = decide(cumulative, thresholds)
-        per_slice = (1.0 + torch.sigmoid(logits).sum(dim=1)).tolist()
+        per_slice = (1.0 + torch.sigmoid(logits[:, :N_ORDINAL]).sum(dim=1)).tolist()
+        magnitude = scan_motion_um(logits)
         estimate = streak_index(x)
         findings = [
             Finding("motion_grade", value_num=float(d.grade), unit="{grade}", payload={
@@ -134,4 +136,10 @@ class MotionAnalyzer:
                                     payload={"method": "streak index: soft-tissue high-pass "
                                              "RMS / bone contrast (image-based, see "
                                              "qcd.analyzers.motion.quant)"}))
+        if magnitude is not None and np.isfinite(magnitude):
+            findings.append(Finding("motion_magnitude", value_num=round(magnitude, 1),
+                                    unit="um", payload={
+                                        "method": "CNN regression head (geometric mean over "
+                                                  "slices), trained on simulated rigid motion",
+                                        "grade_edges_um": bundle.spec.get("grade_edges_um")}))
         return findings

@@ -8,6 +8,11 @@ results too); :func:`decode` turns them into class probabilities and a grade. Th
 body follows the seed's small per-slice CNN (Walle et al. 2023: 3x3 convolutions of
 16 filters, max-pooling, global pooling, dense 32) with batch norm, a little wider,
 and global average *and* max pooling (streaks are sparse, a max keeps them).
+
+With ``motion_head`` the net has one more output: the logarithm of the motion magnitude,
+log(max(M, 8 um) / 100 um), regressed on the simulation's known M. The continuous
+target teaches the ordering inside and across grade bands that the four binary targets
+only see at the cut points; the scan's mean gives the quantitative motion estimate.
 """
 
 from __future__ import annotations
@@ -16,11 +21,16 @@ import torch
 from torch import nn
 
 N_GRADES = 5
+N_ORDINAL = N_GRADES - 1
+MOTION_FLOOR_UM = 8.0
+"""Magnitudes below this (1/8 voxel) regress to it: the log target needs a floor."""
+MOTION_SCALE_UM = 100.0
 
 
 class MotionNet(nn.Module):
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 16, motion_head: bool = False) -> None:
         super().__init__()
+        self.motion_head = motion_head
         chans = [1, width, 2 * width, 2 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = []
         for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
@@ -30,7 +40,7 @@ class MotionNet(nn.Module):
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * chans[-1], 32), nn.ReLU(),
-                                  nn.Linear(32, N_GRADES - 1))
+                                  nn.Linear(32, N_ORDINAL + int(motion_head)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
@@ -44,9 +54,23 @@ def cumulative_targets(grades: torch.Tensor) -> torch.Tensor:
     return (grades[:, None] > ks[None, :]).float()
 
 
+def log_motion_target(motion_um: torch.Tensor) -> torch.Tensor:
+    """The regression target of the motion head for magnitudes in um."""
+    return torch.log(motion_um.float().clamp_min(MOTION_FLOOR_UM) / MOTION_SCALE_UM)
+
+
+def scan_motion_um(outputs: torch.Tensor) -> float | None:
+    """(n_slices, 5) outputs of a net with a motion head -> the scan's magnitude estimate
+    in um (geometric mean over slices); None for a net without the head."""
+    if outputs.shape[-1] <= N_ORDINAL:
+        return None
+    return float(MOTION_SCALE_UM * torch.exp(outputs[:, N_ORDINAL].float().mean()))
+
+
 def scan_cumulative(logits: torch.Tensor) -> torch.Tensor:
-    """(n_slices, 4) logits -> (4,) mean over slices of P(grade > k), made non-increasing."""
-    p = torch.sigmoid(logits.float()).mean(dim=0)
+    """(n_slices, 4 or 5) outputs -> (4,) mean over slices of P(grade > k), made
+    non-increasing (a motion-head column, if any, is ignored)."""
+    p = torch.sigmoid(logits[:, :N_ORDINAL].float()).mean(dim=0)
     return torch.cummin(p, dim=0).values
 
 
