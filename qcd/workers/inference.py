@@ -206,7 +206,9 @@ class BatchingPredictor:
         self.name = name
         self.model = model.to(self.device).eval()
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            # nn.Module.to takes memory_format; torch's type stubs do not list it
+            self.model = self.model.to(  # type: ignore[call-overload]
+                memory_format=torch.channels_last)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closing = threading.Event()

@@ -136,7 +136,7 @@ def prepared(case: Case, device: torch.device, channels_last: bool) -> torch.nn.
     """The model on ``device`` in the predictor's layout, so every path runs the same net."""
     model = case.model.to(device).eval()
     if channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
 
 
