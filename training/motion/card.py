@@ -195,8 +195,8 @@ cortex 0.5-1.5 mm, trabecular network of band-passed-noise ridges, marrow, soft 
 on a {sim['size_px']} x {sim['size_px']} grid at {sim['pixel_mm'] * 1000:.0f} um, forward-projected
 (parallel beam, {sim['views']} views over 180 degrees) with a rigid motion path applied
 during the acquisition (1-3 sudden steps and/or smooth drifts, up to 1.1 mm and 1 degree),
-quantum noise (I0 1e4-1e5), FBP (Ram-Lak x Hann). {spec['input']['slices']} slices per scan share the motion path
-(one stack is one rotation). Grades balanced; the magnitude is log-uniform inside each
+quantum noise (I0 1e4-1e5), FBP (Ram-Lak x Hann). {spec['input']['slices']} slices per scan share the
+motion path (one stack is one rotation). Grades balanced; the magnitude is log-uniform inside each
 grade band. {t['n_train_scans']} training and {t['n_test_scans']} held-out scans (held-out
 seed {t['held_out_seed']}), {t['epochs']} epochs, trained on {t['trained_on']} in
 {t['seconds']} s. Reproduce: `{t['command']}`.
