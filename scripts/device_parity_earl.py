@@ -27,12 +27,12 @@ from qcd.workers.runtime import LocalRuntime  # noqa: E402
 
 
 def _prepare(task: tuple[int, str]) -> tuple[str, np.ndarray, np.ndarray]:
-    from qcd.analyzers.earl.preprocess import prepare
+    from qcd.analyzers.earl.preprocess import model_inputs
     from training.earl.simulate import simulate_case
 
     seed, label = task
     volume, params, _, _ = simulate_case(np.random.default_rng(seed), label)
-    s1, _, s2, _ = prepare(volume, tuple(params.voxel_mm))
+    s1, _, s2, _ = model_inputs(volume, params.voxel_mm, load_bundle(Path("models"), "earl").spec)
     return label, s1, s2
 
 
@@ -45,8 +45,8 @@ def _classify(device: str, cases: list[tuple[str, np.ndarray, np.ndarray]]
     p2s = runtime.predictor("s2", lambda: model.stage2)
     out = []
     for _, s1, s2 in cases:
-        p1 = torch.softmax(p1s.predict(torch.from_numpy(s1)), 1)[:, 1].mean().item()
-        p2 = torch.softmax(p2s.predict(torch.from_numpy(s2)), 1)[:, 1].mean().item()
+        p1 = torch.softmax(p1s.predict(torch.from_numpy(s1))[:, :2], 1)[:, 1].mean().item()
+        p2 = torch.softmax(p2s.predict(torch.from_numpy(s2))[:, :2], 1)[:, 1].mean().item()
         out.append((p1, p2))
     runtime.close()
     return out

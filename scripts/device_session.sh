@@ -3,6 +3,8 @@
 #   STAGE=bench  GPU benchmarks on an idle GPU: batching per analyzer (and atrium in NCHW),
 #                result latency per analyzer (LATENCY="motion" for some), PARITY=1: CPU/GPU parity
 #   STAGE=train  motion retrain (two variants on the same simulated scans)
+#   STAGE=earl   EARL variants on the same simulated cases (EARL_VARIANTS, EARL_N per class);
+#                validation picks the bundle; simulation runs on the 16 CPUs
 # The image there has torch, numpy and scipy; pydicom & co travel as wheels in .whl/.
 # Results land in $OUT as few files (the tool returns at most 8, two folders deep).
 set -uo pipefail
@@ -45,4 +47,12 @@ if [ "$STAGE" = train ]; then
       --device cuda --out /tmp/t/motion/1.0.0 > "$OUT/motion.log" 2>&1 \
     && tar czf "$OUT/motion.tar.gz" -C /tmp/t motion
   nvidia-smi --query-gpu=name,memory.used --format=csv || true
+fi
+if [ "$STAGE" = earl ]; then
+  mkdir -p /tmp/t/earl
+  timeout "${LIMIT:-540}" python3 -m training.earl.train --n-per-class "${EARL_N:-450}" \
+      --epochs 25 --seed 20261126 --workers 15 --device cuda \
+      --variants "${EARL_VARIANTS:-edgenet,pre2+vox,pre3+vox,pre3+vox+aux}" \
+      --out /tmp/t/earl/1.0.0 > "$OUT/earl.log" 2>&1 \
+    && tar czf "$OUT/earl.tar.gz" -C /tmp/t earl
 fi

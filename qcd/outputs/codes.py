@@ -48,6 +48,7 @@ INDETERMINATE = codes.SCT.Indeterminate                           # 82334004
 P_EARL = qcd_code("PEARL", "Probability of EARL compliance")
 P_EARL2 = qcd_code("PEARL2", "Probability of EARL2")
 HEADER_CNN_DISAGREEMENT = qcd_code("HDRCNNDISAGREE", "Header/CNN disagreement")
+EARL_EFFECTIVE_FWHM = qcd_code("EARLFWHM", "Estimated effective resolution FWHM")
 SUV_UNAVAILABLE = qcd_code("SUVUNAVAIL", "SUV unavailable")
 NOT_APPLICABLE = qcd_code("NOTAPPLICABLE", "Analysis not applicable")
 
@@ -148,6 +149,9 @@ CODE_TABLE: tuple[CodeRow, ...] = (
             "given EARL compliance; absent when stage 1 said clinical."),
     CodeRow(HEADER_CNN_DISAGREEMENT, "Qualitative evaluation: the header-based expectation and "
             "the CNN class contradict each other (text answer says which way)."),
+    CodeRow(EARL_EFFECTIVE_FWHM, "Measurement (mm): the stage-1 CNN's estimate of the "
+            "reconstruction's effective Gaussian FWHM (bundles with auxiliary outputs; "
+            "overshoot and noise COV in the payload)."),
     CodeRow(SUV_UNAVAILABLE, "Qualitative evaluation: SUV could not be computed from the header "
             "(text answer gives the reason); the class is then Indeterminate."),
     CodeRow(NOT_APPLICABLE, "Qualitative evaluation: the analyzer declined the series (text "
@@ -226,6 +230,7 @@ CONCEPTS: Mapping[str, Code] = {
     "p_earl": P_EARL,
     "p_earl2": P_EARL2,
     "header_cnn_disagreement": HEADER_CNN_DISAGREEMENT,
+    "earl_effective_fwhm": EARL_EFFECTIVE_FWHM,
     "suv_unavailable": SUV_UNAVAILABLE,
     "not_applicable": NOT_APPLICABLE,
     "header_evidence": HEADER_EXPECTATION,

@@ -63,19 +63,19 @@ def test_simulated_pet_pushed_with_storescu_is_classified(tmp_path: Path) -> Non
 
 
 def _case_verdict(task: tuple[int, str]) -> tuple[str, str]:
-    from qcd.analyzers.earl.preprocess import prepare
+    from qcd.analyzers.earl.preprocess import model_inputs
     from training.earl.simulate import simulate_case
 
     seed, label = task
     volume, params, _, _ = simulate_case(np.random.default_rng(seed), label)
-    s1, _, s2, _ = prepare(volume, tuple(params.voxel_mm))
     bundle = load_bundle(MODELS, "earl")
+    s1, _, s2, _ = model_inputs(volume, params.voxel_mm, bundle.spec)
     model = load_model(bundle)
     import torch
 
     with torch.inference_mode():
-        p1 = torch.softmax(model.stage1(torch.from_numpy(s1)), 1)[:, 1].mean().item()
-        p2 = torch.softmax(model.stage2(torch.from_numpy(s2)), 1)[:, 1].mean().item()
+        p1 = torch.softmax(model.stage1(torch.from_numpy(s1))[:, :2], 1)[:, 1].mean().item()
+        p2 = torch.softmax(model.stage2(torch.from_numpy(s2))[:, :2], 1)[:, 1].mean().item()
     t = Thresholds.from_spec(bundle.spec)
     return label, decide(p1, p2 if p1 >= t.stage1 else None, t)
 

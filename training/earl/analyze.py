@@ -54,6 +54,7 @@ from training.earl import simulate
 from training.earl.card import error_analysis_tables, model_card
 from training.earl.train import (
     LABELS,
+    Variant,
     case_metrics,
     case_probabilities,
     case_tasks,
@@ -267,6 +268,13 @@ def _model(bundle_dir: str) -> EarlModel:
     return load_model(load_bundle(path.parent.parent, path.parent.name, path.name))
 
 
+@functools.lru_cache(maxsize=2)
+def _variant(bundle_dir: str) -> Variant:
+    """Preprocessing and input options of the bundle, as its cases must be rebuilt."""
+    path = Path(bundle_dir)
+    return Variant.from_spec(load_bundle(path.parent.parent, path.parent.name, path.name).spec)
+
+
 def relabel(params: ReconParams, seed: int, k: int) -> list[str]:
     """``k`` fresh physics labels of ``params`` (new phantom positions and noise each)."""
     return [simulate.label_params(params, np.random.default_rng([seed, j, RELABEL_SALT]))[0]
@@ -276,11 +284,13 @@ def relabel(params: ReconParams, seed: int, k: int) -> list[str]:
 def analyze_case(task: Task, bundle_dir: str, relabels: int) -> CaseResult:
     """Rebuild one case as ``train.make_case`` does, run the model on CPU, relabel it."""
     sources: list[str] = []
+    variant = _variant(bundle_dir)
     with recording_proposals(sources):
-        case = make_case((task.seed, task.label))
+        case = make_case((task.seed, task.label), (variant.preprocessing,))
     if case.rc is None or not sources:
         raise RuntimeError(f"case {task} came back without its phantom RCs or proposals")
-    p_earl, p_earl2 = case_probabilities(_model(bundle_dir), [case], torch.device("cpu"))[0]
+    p_earl, p_earl2 = case_probabilities(_model(bundle_dir), [case], torch.device("cpu"),
+                                         variant=variant)[0]
     p = case.params
     params = ReconParams(tuple(p["voxel_mm"]), p["fwhm_mm"], p["overshoot"], p["cov"])
     return CaseResult(case.label, task.index, task.seed, sources[-1], len(sources), params,

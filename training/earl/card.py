@@ -147,6 +147,54 @@ def error_analysis_section(block: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _grid(options: dict[str, Any]) -> str:
+    g = options["grid_mm"]
+    return "on the native voxel grid" if g == "native" else f"on a {g} mm\ngrid"
+
+
+def _options(spec: dict[str, Any]) -> str:
+    """Input options beyond the seed paper's (voxel size, auxiliary outputs)."""
+    options = spec["input"]
+    parts = []
+    if options.get("voxel_input"):
+        parts.append("The original voxel size (in-plane, slice) enters the head beside the "
+                     "texture statistics.")
+    if options.get("aux"):
+        parts.append("Three auxiliary outputs regress the effective FWHM, overshoot and log "
+                     "noise COV (trained on the simulation's known values; reported as "
+                     "`earl_effective_fwhm`).")
+    return ("\n" + " ".join(parts)) if parts else ""
+
+
+def _comparison(spec: dict[str, Any]) -> str:
+    """The table of architectures (or ``--variants``) trained on the same cases."""
+    entries = spec.get("architecture_comparison", {})
+    if any("validation" in c for c in entries.values()):
+        t = spec["training"]
+        rows = "\n".join(
+            f"| {name}{' (shipped)' if name == t.get('chosen_variant') else ''} | "
+            f"{c['parameters']:,} | {_pct(c['validation']['stage1_accuracy'])} | "
+            f"{_pct(c['stage1_accuracy'])} | {_pct(c['stage2_accuracy'])} | "
+            + " / ".join(f"{k} {_pct(v)}" for k, v in c["accuracy_per_class"].items())
+            + f" | {c['train_seconds']} s |" for name, c in entries.items())
+        return (f"## Variants (same cases, same seed)\n"
+                f"`edgenet`/`paper`: architecture on `earl-pre-1`; `preN`: EdgeNet on "
+                f"`earl-pre-N`; `+vox`: voxel size as input; `+aux`: auxiliary FWHM / "
+                f"overshoot / COV regression. The shipped variant has the best stage-1 "
+                f"accuracy on {t.get('n_val_cases')} validation cases taken from the training "
+                f"share; held-out columns did not take part in the choice.\n\n"
+                f"| variant | parameters per stage | validation stage 1 | stage 1 | stage 2 | "
+                f"per class | training time |\n|---|---|---|---|---|---|---|\n{rows}")
+    rows = "\n".join(
+        f"| {arch} | {c['parameters']:,} | {_pct(c['stage1_accuracy'])} | "
+        f"{_pct(c['stage2_accuracy'])} | "
+        + " / ".join(f"{k} {_pct(v)}" for k, v in c["accuracy_per_class"].items())
+        + f" | {c['train_seconds']} s |" for arch, c in entries.items())
+    return ("## Architecture comparison (same data, same seed)\n"
+            "| architecture | parameters per stage | stage 1 | stage 2 | per class | "
+            "training time |\n|---|---|---|---|---|---|\n" + rows)
+
+
 def model_card(spec: dict[str, Any]) -> str:
     m = spec["metrics"]["held_out_simulated"]
     t = spec["training"]
@@ -154,12 +202,7 @@ def model_card(spec: dict[str, Any]) -> str:
         f"| {label} | {sum(m['confusion'][label].values())} | {_pct(acc)} | "
         + " / ".join(f"{k} {v}" for k, v in m["confusion"][label].items()) + " |"
         for label, acc in m["accuracy_per_class"].items())
-    comparison = "\n".join(
-        f"| {arch} | {c['parameters']:,} | {_pct(c['stage1_accuracy'])} | "
-        f"{_pct(c['stage2_accuracy'])} | "
-        + " / ".join(f"{k} {_pct(v)}" for k, v in c["accuracy_per_class"].items())
-        + f" | {c['train_seconds']} s |"
-        for arch, c in spec.get("architecture_comparison", {}).items())
+    comparison = _comparison(spec)
     th = spec["thresholds"]
     per_class_min = min(m["accuracy_per_class"][c] for c in ("EARL1", "EARL2"))
     met = m["stage1_accuracy"] >= 0.99 and per_class_min >= 0.95
@@ -196,9 +239,8 @@ EARL phantom accreditation itself (`qcd earl-phantom` measures the phantom).
 
 ## Model
 Two 2D CNNs ({spec['architecture']}) on sagittal "edge images" (SUV image minus its
-{spec['input']['edge_fwhm_mm']} mm FWHM Gaussian blur, on a {spec['input']['grid_mm']} mm
-grid, slices {spec['input']['shape'][1]}x{spec['input']['shape'][2]}, clipped to
-+-{spec['input']['edge_clip_suv']} SUV), after Pfaehler et al., EJNMMI Phys 2022;9:53.
+{spec['input']['edge_fwhm_mm']} mm FWHM Gaussian blur, {_grid(spec['input'])}, slices {spec['input']['shape'][1]}x{spec['input']['shape'][2]}, clipped to
++-{spec['input']['edge_clip_suv']} SUV), after Pfaehler et al., EJNMMI Phys 2022;9:53.{_options(spec)}
 Stage 1 (clinical vs EARL) averages P(EARL) over the {spec['input']['slices']} central
 sagittal slices and calls EARL at >= {th['stage1']}. Stage 2 (EARL1 vs EARL2) averages
 P(EARL2) over the {spec['input']['slices']} slices of highest edge intensity among the
@@ -228,9 +270,6 @@ EARL2, on EARL cases) accuracy: **{_pct(m['stage2_accuracy'])}**; indeterminate:
 |---|---|---|---|
 {rows}
 
-## Architecture comparison (same data, same seed)
-| architecture | parameters per stage | stage 1 | stage 2 | per class | training time |
-|---|---|---|---|---|---|
 {comparison}
 
 {analysis_text}## CPU / GPU parity

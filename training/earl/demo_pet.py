@@ -17,7 +17,7 @@ from training.earl.simulate import simulate_case
 def write_case(out: Path, label: str, seed: int, study_uid: str | None = None) -> list[Path]:
     """Simulate one case of ``label`` and write it; the series description names the truth."""
     volume, params, got, _ = simulate_case(np.random.default_rng(seed), label)
-    return write_pet_series(volume, tuple(params.voxel_mm), out,
+    return write_pet_series(volume, params.voxel_mm, out,
                             description=f"PET WB sim {got}", study_uid=study_uid, seed=seed)
 
 

@@ -2,6 +2,7 @@
 
     python -m training.earl.train --n-per-class 300 --out models/earl/1.0.0 \
         [--workers 16] [--epochs 20] [--seed 20261126] [--device auto] [--compare-paper]
+        [--variants edgenet,pre2+vox,pre3+vox+aux] [--val-fraction 0.15]
     python -m training.earl.train --real-labels labels.csv [--cv 5] --out models/earl/2.0.0 \
         [--workers 16] [--epochs 20] [--seed 20261126] [--device auto] [--compare-paper]
 
@@ -11,6 +12,14 @@ EARL band of the NEMA phantom rendered with the same parameters). Each case is
 preprocessed by the daemon's own functions (``qcd.analyzers.earl.preprocess``). The
 split is by case (slices of one case never straddle train and test). Everything is
 seeded; the bundle records the seed, the data description and held-out metrics.
+
+``--variants`` trains several models on the same simulated cases and ships the one with
+the best *validation* stage-1 accuracy (then the lowest per-class accuracy); validation
+cases are a stratified share (``--val-fraction``) of the training cases, and held-out
+numbers of every variant are recorded but never choose. A variant is ``edgenet`` or
+``paper`` (the architecture, preprocessing ``earl-pre-1``) or ``preN`` (EdgeNet on
+preprocessing ``earl-pre-N``) with ``+vox`` (voxel-size input) and/or ``+aux``
+(auxiliary FWHM / overshoot / COV regression); see :mod:`qcd.analyzers.earl.model`.
 
 With ``--real-labels`` the cases are real reconstructions listed in a label table
 (``training.earl.real``); the metrics are then from cross-validation grouped by patient
@@ -36,7 +45,7 @@ import torch
 from torch import nn
 
 from qcd.analyzers.earl.decision import Thresholds, decide
-from qcd.analyzers.earl.model import EarlModel
+from qcd.analyzers.earl.model import AUX_TARGETS, N_CLASSES, EarlModel, aux_targets
 from qcd.analyzers.earl.phantom import RecoveryCoefficients
 from qcd.analyzers.earl.preprocess import (
     EDGE_CLIP,
@@ -44,9 +53,11 @@ from qcd.analyzers.earl.preprocess import (
     GRID_MM,
     N_SLICES,
     PREPROCESSING_VERSION,
+    PREPROCESSINGS,
     SLICE_SHAPE,
     STAGE2_POOL,
     prepare,
+    voxel_channels,
 )
 from qcd.hashing import sha256_file
 
@@ -63,18 +74,82 @@ class Case:
     params: dict[str, Any]
     rc: RecoveryCoefficients | None = None
     """The phantom recoveries that gave ``label`` (simulated cases only)."""
+    extra: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    """(s1, s2) of further preprocessing versions of the same reconstruction."""
+
+    def slices(self, stage: int, variant: Variant) -> np.ndarray:
+        """float32 net input of ``stage`` as ``variant`` reads it."""
+        if variant.preprocessing == self.params.get("preprocessing", PREPROCESSING_VERSION):
+            s = self.s1 if stage == 1 else self.s2
+        else:
+            if not self.extra or variant.preprocessing not in self.extra:
+                raise ValueError(f"case was not preprocessed with {variant.preprocessing}")
+            s = self.extra[variant.preprocessing][stage - 1]
+        s = s.astype(np.float32)
+        if variant.voxel_input:
+            s = voxel_channels(s, tuple(self.params["voxel_mm"]))  # type: ignore[arg-type]
+        return s
 
 
-def make_case(task: tuple[int, str]) -> Case:
-    """Simulate and preprocess one case (runs in a worker process)."""
+@dataclass(frozen=True)
+class Variant:
+    """One trainable configuration (see the module docstring for the names)."""
+
+    name: str
+    architecture: str = "edgenet"
+    preprocessing: str = PREPROCESSING_VERSION
+    voxel_input: bool = False
+    aux: bool = False
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        base, *flags = name.strip().split("+")
+        unknown = set(flags) - {"vox", "aux"}
+        if unknown:
+            raise ValueError(f"variant {name!r}: unknown option(s) {sorted(unknown)}")
+        if base in ("edgenet", "paper"):
+            arch, pre = base, PREPROCESSING_VERSION
+        elif base.startswith("pre") and f"earl-{base[:3]}-{base[3:]}" in PREPROCESSINGS:
+            arch, pre = "edgenet", f"earl-pre-{base[3:]}"
+        else:
+            raise ValueError(f"variant {name!r}: base must be edgenet, paper or one of "
+                             + ", ".join(v.replace("earl-pre-", "pre") for v in PREPROCESSINGS))
+        if arch == "paper" and flags:
+            raise ValueError(f"variant {name!r}: +vox and +aux are EdgeNet options")
+        return cls(name.strip(), arch, pre, "vox" in flags, "aux" in flags)
+
+    def model(self) -> EarlModel:
+        return EarlModel(self.architecture, self.voxel_input, self.aux)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Variant:
+        """The variant a bundle's ``model.json`` describes."""
+        options = spec.get("input") or {}
+        arch = str(spec.get("architecture", "edgenet"))
+        return cls(arch, arch, str(spec.get("preprocessing", PREPROCESSING_VERSION)),
+                   bool(options.get("voxel_input")), bool(options.get("aux")))
+
+
+def make_case(task: tuple[int, str], versions: tuple[str, ...] = (PREPROCESSING_VERSION,)
+              ) -> Case:
+    """Simulate one case and preprocess it with each of ``versions`` (the first is the
+    case's own ``s1``/``s2``); runs in a worker process."""
     from training.earl.simulate import simulate_case
 
     seed, label = task
     volume, params, got, rc = simulate_case(np.random.default_rng(seed), label)
-    s1, _, s2, _ = prepare(volume, params.voxel_mm)
-    return Case(s1.astype(np.float16), s2.astype(np.float16), got,
-                {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()},
-                rc)
+    prepared = {}
+    for version in versions:
+        s1, _, s2, _ = prepare(volume, params.voxel_mm, version)
+        prepared[version] = (s1.astype(np.float16), s2.astype(np.float16))
+    meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()}
+    meta["preprocessing"] = versions[0]
+    first = prepared.pop(versions[0])
+    return Case(first[0], first[1], got, meta, rc, prepared or None)
+
+
+def _make_case_versions(args: tuple[tuple[int, str], tuple[str, ...]]) -> Case:
+    return make_case(*args)
 
 
 def case_tasks(n_per_class: int, seed: int) -> list[tuple[int, str]]:
@@ -83,27 +158,40 @@ def case_tasks(n_per_class: int, seed: int) -> list[tuple[int, str]]:
             for i in range(n_per_class) for k, label in enumerate(LABELS)]
 
 
-def make_cases(n_per_class: int, seed: int, workers: int) -> list[Case]:
-    tasks = case_tasks(n_per_class, seed)
+def make_cases(n_per_class: int, seed: int, workers: int,
+               versions: tuple[str, ...] = (PREPROCESSING_VERSION,)) -> list[Case]:
+    tasks = [(t, versions) for t in case_tasks(n_per_class, seed)]
     if workers <= 1:
-        return [make_case(t) for t in tasks]
+        return [_make_case_versions(t) for t in tasks]
     with mp.get_context("spawn").Pool(workers) as pool:
-        return pool.map(make_case, tasks, chunksize=2)
+        return pool.map(_make_case_versions, tasks, chunksize=2)
 
 
-def _slices(cases: list[Case], stage: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if stage == 1:
-        xs = [c.s1 for c in cases]
-        ys = [int(c.label != "clinical") for c in cases for _ in range(len(c.s1))]
-    else:
-        keep = [c for c in cases if c.label != "clinical"]
-        xs = [c.s2 for c in keep]
-        ys = [int(c.label == "EARL2") for c in keep for _ in range(len(c.s2))]
-    return torch.from_numpy(np.concatenate(xs).astype(np.float32)), torch.tensor(ys)
+DEFAULT_VARIANT = Variant("edgenet")
+
+
+def _slices(cases: list[Case], stage: int, variant: Variant = DEFAULT_VARIANT
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Net inputs, class targets and (simulated cases, ``+aux``) auxiliary targets."""
+    keep = cases if stage == 1 else [c for c in cases if c.label != "clinical"]
+    xs = [c.slices(stage, variant) for c in keep]
+    positive = (lambda c: c.label != "clinical") if stage == 1 else (
+        lambda c: c.label == "EARL2")
+    ys = [int(positive(c)) for c, x in zip(keep, xs) for _ in range(len(x))]
+    aux = None
+    if variant.aux:
+        aux = torch.tensor([aux_targets(c.params["fwhm_mm"], c.params["overshoot"],
+                                        c.params["cov"])
+                            for c, x in zip(keep, xs) for _ in range(len(x))])
+    return torch.from_numpy(np.concatenate(xs)), torch.tensor(ys), aux
+
+
+AUX_WEIGHT = 0.5
+"""Weight of the auxiliary regression loss beside the class loss (``+aux``)."""
 
 
 def train_stage(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
-                device: torch.device, seed: int) -> None:
+                device: torch.device, seed: int, aux: torch.Tensor | None = None) -> None:
     gen = torch.Generator().manual_seed(seed)
     net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -122,7 +210,11 @@ def train_stage(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
             if torch.rand(1, generator=gen).item() < 0.5:  # head up or down (DICOM z order)
                 xb = xb.flip(-2)
             opt.zero_grad()
-            loss = loss_fn(net(xb), yb)
+            out = net(xb)
+            loss = loss_fn(out[:, :N_CLASSES], yb)
+            if aux is not None:
+                loss = loss + AUX_WEIGHT * nn.functional.smooth_l1_loss(
+                    out[:, N_CLASSES:N_CLASSES + len(AUX_TARGETS)], aux[idx].to(device))
             loss.backward()
             opt.step()
             sched.step()
@@ -133,24 +225,26 @@ def train_stage(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int,
 
 @torch.inference_mode()
 def case_probabilities(model: EarlModel, cases: list[Case], device: torch.device,
-                       amp: bool = False) -> list[tuple[float, float]]:
+                       amp: bool = False, variant: Variant = DEFAULT_VARIANT
+                       ) -> list[tuple[float, float]]:
     """Mean P(EARL) and P(EARL2) per case; ``amp`` = fp16 autocast as the daemon does on CUDA."""
     model = model.to(device).eval()
     out = []
     for c in cases:
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            l1 = model.stage1(torch.from_numpy(c.s1.astype(np.float32)).to(device))
-            l2 = model.stage2(torch.from_numpy(c.s2.astype(np.float32)).to(device))
-        out.append((torch.softmax(l1.float(), 1)[:, 1].mean().item(),
-                    torch.softmax(l2.float(), 1)[:, 1].mean().item()))
+            l1 = model.stage1(torch.from_numpy(c.slices(1, variant)).to(device))
+            l2 = model.stage2(torch.from_numpy(c.slices(2, variant)).to(device))
+        out.append((torch.softmax(l1[:, :N_CLASSES].float(), 1)[:, 1].mean().item(),
+                    torch.softmax(l2[:, :N_CLASSES].float(), 1)[:, 1].mean().item()))
     model.cpu()
     return out
 
 
-def gpu_parity(model: EarlModel, cases: list[Case], thresholds: Thresholds) -> dict[str, Any]:
+def gpu_parity(model: EarlModel, cases: list[Case], thresholds: Thresholds,
+               variant: Variant = DEFAULT_VARIANT) -> dict[str, Any]:
     """CPU fp32 vs CUDA fp16-autocast: largest probability gap and decisions that differ."""
-    cpu = case_probabilities(model, cases, torch.device("cpu"))
-    gpu = case_probabilities(model, cases, torch.device("cuda"), amp=True)
+    cpu = case_probabilities(model, cases, torch.device("cpu"), variant=variant)
+    gpu = case_probabilities(model, cases, torch.device("cuda"), amp=True, variant=variant)
     gap = max(max(abs(a[0] - b[0]), abs(a[1] - b[1])) for a, b in zip(cpu, gpu, strict=True))
 
     def verdict(p: tuple[float, float]) -> str:
@@ -163,9 +257,9 @@ def gpu_parity(model: EarlModel, cases: list[Case], thresholds: Thresholds) -> d
 
 
 def evaluate(model: EarlModel, cases: list[Case], device: torch.device,
-             thresholds: Thresholds) -> dict[str, Any]:
+             thresholds: Thresholds, variant: Variant = DEFAULT_VARIANT) -> dict[str, Any]:
     """Case-level metrics with the daemon's decision rule."""
-    probs = case_probabilities(model, cases, device)
+    probs = case_probabilities(model, cases, device, variant=variant)
     return case_metrics([c.label for c in cases], probs, thresholds)
 
 
@@ -193,15 +287,17 @@ def case_metrics(labels: list[str], probs: list[tuple[float, float]],
     }
 
 
-def fit(cases: list[Case], architecture: str, epochs: int, device: torch.device,
+def fit(cases: list[Case], architecture: str | Variant, epochs: int, device: torch.device,
         seed: int) -> EarlModel:
+    variant = (architecture if isinstance(architecture, Variant)
+               else Variant(architecture, architecture))
     torch.manual_seed(seed)
-    model = EarlModel(architecture)
+    model = variant.model()
     for stage, net in ((1, model.stage1), (2, model.stage2)):
-        x, y = _slices(cases, stage)
-        LOGGER.info("%s stage %d: %d slices (%d positive)", architecture, stage, len(x),
+        x, y, aux = _slices(cases, stage, variant)
+        LOGGER.info("%s stage %d: %d slices (%d positive)", variant.name, stage, len(x),
                     int(y.sum()))
-        train_stage(net, x, y, epochs, device, seed + stage)
+        train_stage(net, x, y, epochs, device, seed + stage, aux)
     return model.cpu().eval()
 
 
@@ -228,21 +324,27 @@ def split_indices(labels: list[str], seed: int, test_fraction: float
     return train, test
 
 
-def save_bundle(out: Path, model: EarlModel, architecture: str, training: dict[str, Any],
-                metrics: dict[str, Any], card: Callable[[dict[str, Any]], str],
-                **extra: Any) -> dict[str, Any]:
+def save_bundle(out: Path, model: EarlModel, architecture: str | Variant,
+                training: dict[str, Any], metrics: dict[str, Any],
+                card: Callable[[dict[str, Any]], str], **extra: Any) -> dict[str, Any]:
     """Write weights, model.json (``extra`` keys after ``metrics``) and the card; return the spec."""
+    variant = (architecture if isinstance(architecture, Variant)
+               else Variant(architecture, architecture))
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "weights.pt"
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+    options = ({"voxel_input": True} if variant.voxel_input else {}) | (
+        {"aux": sorted(AUX_TARGETS)} if variant.aux else {})
     spec = {
-        "name": "earl", "version": VERSION, "architecture": architecture,
+        "name": "earl", "version": VERSION, "architecture": variant.architecture,
         "weights": weights.name, "sha256": sha256_file(weights),
         "labels": ["clinical", "EARL1", "EARL2", "indeterminate"],
-        "input": {"shape": [1, *SLICE_SHAPE], "grid_mm": GRID_MM,
+        "input": {"shape": [1 + 2 * int(variant.voxel_input), *SLICE_SHAPE],
+                  "grid_mm": "native" if variant.preprocessing == "earl-pre-3" else GRID_MM,
                   "edge_fwhm_mm": EDGE_FWHM_MM, "edge_clip_suv": EDGE_CLIP,
-                  "slices": N_SLICES, "stage2_pool": STAGE2_POOL, "units": "SUVbw"},
-        "preprocessing": PREPROCESSING_VERSION,
+                  "slices": N_SLICES, "stage2_pool": STAGE2_POOL, "units": "SUVbw",
+                  **options},
+        "preprocessing": variant.preprocessing,
         "thresholds": vars(Thresholds()),
         "training": training,
         "metrics": metrics,
@@ -253,18 +355,22 @@ def save_bundle(out: Path, model: EarlModel, architecture: str, training: dict[s
     return spec
 
 
-def write_bundle(out: Path, model: EarlModel, architecture: str, metrics: dict[str, Any],
+def write_bundle(out: Path, model: EarlModel, variant: Variant, metrics: dict[str, Any],
                  comparison: dict[str, Any], args: argparse.Namespace, n_train: int,
-                 n_test: int, seconds: float) -> None:
+                 n_test: int, seconds: float, n_val: int = 0) -> None:
     from training.earl.card import model_card
 
+    command = (f"python -m training.earl.train --n-per-class {args.n_per_class} "
+               f"--epochs {args.epochs} --seed {args.seed}")
+    if args.variants:
+        command += f" --variants {args.variants} --val-fraction {args.val_fraction}"
     training = {"seed": args.seed, "epochs": args.epochs, "n_train_cases": n_train,
                 "n_test_cases": n_test, "data": "simulated FDG PET, see MODEL_CARD.md",
                 "trained_on": args.device_name, "seconds": round(seconds, 1),
-                "date": dt.date.today().isoformat(),
-                "command": f"python -m training.earl.train --n-per-class "
-                           f"{args.n_per_class} --epochs {args.epochs} --seed {args.seed}"}
-    save_bundle(out, model, architecture, training, {"held_out_simulated": metrics},
+                "date": dt.date.today().isoformat(), "command": command}
+    if n_val:
+        training |= {"n_val_cases": n_val, "chosen_variant": variant.name}
+    save_bundle(out, model, variant, training, {"held_out_simulated": metrics},
                 model_card, architecture_comparison=comparison)
 
 
@@ -321,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--compare-paper", action="store_true",
                    help="also train the seed paper's architecture and record both")
+    p.add_argument("--variants", default="",
+                   help="comma-separated variants trained on the same cases, e.g. "
+                        "edgenet,pre2+vox,pre3+vox+aux (see the module docstring)")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="share of the training cases that chooses between variants")
     p.add_argument("--real-labels", type=Path, metavar="CSV",
                    help="train on the real cases of this label table (path,label,group; see "
                         "training/earl/real.py) instead of simulating")
@@ -338,34 +449,56 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if args.real_labels is not None:
         return train_real(args, device, started)
-    cases = make_cases(args.n_per_class, args.seed, args.workers)
-    LOGGER.info("simulated %d cases in %.0f s: %s", len(cases), time.time() - started,
+    names = [v for v in (args.variants or "").split(",") if v.strip()] or ["edgenet"]
+    if args.compare_paper and "paper" not in names:
+        names.append("paper")
+    try:
+        variants = [Variant.parse(n) for n in names]
+    except ValueError as exc:
+        p.error(str(exc))
+    versions = tuple(dict.fromkeys(v.preprocessing for v in variants))
+    cases = make_cases(args.n_per_class, args.seed, args.workers, versions)
+    LOGGER.info("simulated %d cases (preprocessing %s) in %.0f s: %s", len(cases),
+                ", ".join(versions), time.time() - started,
                 {t: sum(c.label == t for c in cases) for t in LABELS})
     train, test = split(cases, args.seed, args.test_fraction)
+    val: list[Case] = []
+    # the choice never sees held-out cases; a bare --compare-paper keeps the split (and the
+    # held-out choice) of the bundles made before --variants, so they still reproduce
+    if args.variants and len(variants) > 1 and args.val_fraction > 0:
+        train, val = split(train, args.seed + 1, args.val_fraction)
     comparison: dict[str, Any] = {}
-    best: tuple[float, str, EarlModel, dict[str, Any]] | None = None
-    for arch in (("edgenet", "paper") if args.compare_paper else ("edgenet",)):
+    best: tuple[tuple[float, float], Variant, EarlModel, dict[str, Any]] | None = None
+    for variant in variants:
         t0 = time.time()
-        model = fit(train, arch, args.epochs, device, args.seed)
-        metrics = evaluate(model, test, torch.device("cpu"), Thresholds())
+        model = fit(train, variant, args.epochs, device, args.seed)
+        metrics = evaluate(model, test, torch.device("cpu"), Thresholds(), variant)
         metrics["train_seconds"] = round(time.time() - t0, 1)
-        comparison[arch] = {k: metrics[k] for k in ("stage1_accuracy", "stage2_accuracy",
-                                                    "accuracy_per_class", "train_seconds")}
-        comparison[arch]["parameters"] = sum(q.numel() for q in model.stage1.parameters())
-        LOGGER.info("%s held-out: %s", arch, json.dumps(metrics))
-        score = min(metrics["accuracy_per_class"].values())
+        entry = {k: metrics[k] for k in ("stage1_accuracy", "stage2_accuracy",
+                                         "accuracy_per_class", "train_seconds")}
+        entry["parameters"] = sum(q.numel() for q in model.stage1.parameters())
+        chooser = metrics
+        if val:
+            chooser = evaluate(model, val, torch.device("cpu"), Thresholds(), variant)
+            entry["validation"] = {k: chooser[k] for k in ("stage1_accuracy", "stage2_accuracy",
+                                                           "accuracy_per_class")}
+        comparison[variant.name] = entry
+        LOGGER.info("%s held-out: %s", variant.name, json.dumps(metrics))
+        score = (chooser["stage1_accuracy"], min(chooser["accuracy_per_class"].values()))
+        if not val:  # the single-variant / --compare-paper rule of earlier bundles
+            score = (min(chooser["accuracy_per_class"].values()), 0.0)
         if best is None or score > best[0]:
-            best = (score, arch, model, metrics)
+            best = (score, variant, model, metrics)
     assert best is not None
-    _, arch, model, metrics = best
+    _, variant, model, metrics = best
     if torch.cuda.is_available():
         torch.backends.cudnn.allow_tf32 = False  # as the daemon's runtime does
         torch.backends.cuda.matmul.allow_tf32 = False
-        metrics["gpu_parity"] = gpu_parity(model, test, Thresholds())
+        metrics["gpu_parity"] = gpu_parity(model, test, Thresholds(), variant)
         LOGGER.info("GPU parity: %s", metrics["gpu_parity"])
-    write_bundle(args.out, model, arch, metrics, comparison, args, len(train), len(test),
-                 time.time() - started)
-    LOGGER.info("wrote %s (architecture %s)", args.out, arch)
+    write_bundle(args.out, model, variant, metrics, comparison, args, len(train), len(test),
+                 time.time() - started, len(val))
+    LOGGER.info("wrote %s (variant %s)", args.out, variant.name)
     return 0
 
 

@@ -12,8 +12,13 @@ from pydicom.dataset import Dataset
 from qcd.analyzers.base import Acceptance, Finding, Runtime, SeriesInput
 from qcd.analyzers.earl.decision import Thresholds, decide
 from qcd.analyzers.earl.evidence import read_evidence
-from qcd.analyzers.earl.model import EarlModel
-from qcd.analyzers.earl.preprocess import GRID_MM, PREPROCESSING_VERSION, prepare
+from qcd.analyzers.earl.model import N_CLASSES, EarlModel, aux_estimates
+from qcd.analyzers.earl.preprocess import (
+    PREPROCESSING_VERSION,
+    PREPROCESSINGS,
+    grid_spacing,
+    model_inputs,
+)
 from qcd.analyzers.earl.suv import SuvUnavailable, suv_factor
 from qcd.analyzers.volume import load_volume
 from qcd.analyzers.weights import load_weights
@@ -24,14 +29,20 @@ MIN_SLICES = 30
 
 
 def load_model(bundle: Bundle) -> EarlModel:
-    """Build the bundle's architecture and load its verified weights."""
-    model = EarlModel(str(bundle.spec.get("architecture", "edgenet")))
-    return load_weights(bundle, model, PREPROCESSING_VERSION)
+    """Build the bundle's architecture (and input options) and load its verified weights."""
+    options = bundle.spec.get("input") or {}
+    model = EarlModel(str(bundle.spec.get("architecture", "edgenet")),
+                      voxel_input=bool(options.get("voxel_input", False)),
+                      aux=bool(options.get("aux", False)))
+    return load_weights(bundle, model, PREPROCESSINGS)
 
 
-def _p_positive(runtime: Runtime, key: str, factory: Any, slices: np.ndarray) -> float:
-    logits = runtime.predictor(key, factory).predict(torch.from_numpy(slices))
-    return float(torch.softmax(logits.float(), dim=1)[:, 1].mean())
+def _p_positive(runtime: Runtime, key: str, factory: Any, slices: np.ndarray
+                ) -> tuple[float, torch.Tensor]:
+    """Mean P(positive class) over the slices, and the raw outputs (aux columns too)."""
+    out = torch.as_tensor(runtime.predictor(key, factory).predict(torch.from_numpy(slices)))
+    p = torch.softmax(out[:, :N_CLASSES].float(), dim=1)[:, 1].mean()
+    return float(p), out
 
 
 class EarlAnalyzer:
@@ -64,7 +75,10 @@ class EarlAnalyzer:
                 Finding("earl_class", value_text="indeterminate",
                         payload={"reason": f"no SUV: {exc}"}),
             ]
-        s1, idx1, s2, idx2 = prepare(volume.array * np.float32(factor), volume.spacing)
+        s1, idx1, s2, idx2 = model_inputs(volume.array * np.float32(factor), volume.spacing,
+                                          bundle.spec)
+        x_mm = grid_spacing(str(bundle.spec.get("preprocessing", PREPROCESSING_VERSION)),
+                            volume.spacing)[2]
         thresholds = Thresholds.from_spec(bundle.spec)
         tag = f"{bundle.name}/{bundle.version}:{bundle.sha256[:12]}"
         model: list[EarlModel] = []
@@ -76,8 +90,8 @@ class EarlAnalyzer:
                 return model[0].stage1 if n == 1 else model[0].stage2
             return factory
 
-        p_earl = _p_positive(runtime, f"{tag}:stage1", stage(1), s1)
-        p_earl2 = (_p_positive(runtime, f"{tag}:stage2", stage(2), s2)
+        p_earl, out1 = _p_positive(runtime, f"{tag}:stage1", stage(1), s1)
+        p_earl2 = (_p_positive(runtime, f"{tag}:stage2", stage(2), s2)[0]
                    if p_earl >= thresholds.stage1 else None)
         verdict = decide(p_earl, p_earl2, thresholds)
         findings.append(Finding(
@@ -85,12 +99,20 @@ class EarlAnalyzer:
             payload={"p_earl": round(p_earl, 4),
                      "p_earl2": None if p_earl2 is None else round(p_earl2, 4),
                      "thresholds": vars(thresholds),
-                     "stage1_slices_mm": [round(float(i) * GRID_MM, 1) for i in idx1],
-                     "stage2_slices_mm": [round(float(i) * GRID_MM, 1) for i in idx2],
+                     "stage1_slices_mm": [round(float(i) * x_mm, 1) for i in idx1],
+                     "stage2_slices_mm": [round(float(i) * x_mm, 1) for i in idx2],
                      "suv_factor": factor}))
         findings.append(Finding("p_earl", value_num=p_earl, unit="1"))
         if p_earl2 is not None:
             findings.append(Finding("p_earl2", value_num=p_earl2, unit="1"))
+        estimate = aux_estimates(out1)
+        if estimate is not None:  # bundles trained with auxiliary targets
+            findings.append(Finding(
+                "earl_effective_fwhm", value_num=round(estimate["fwhm_mm"], 2), unit="mm",
+                payload={"overshoot": round(estimate["overshoot"], 3),
+                         "noise_cov": round(estimate["cov"], 4),
+                         "method": "stage-1 CNN auxiliary outputs (mean over slices), "
+                                   "trained on simulated reconstructions"}))
         hint = evidence.hint()
         if (hint == "EARL1-like" and verdict == "clinical") or (
                 hint == "clinical-like" and verdict in ("EARL1", "EARL2")):

@@ -4,17 +4,34 @@ Volumes are ``(z, y, x)`` float32 arrays with a spacing in mm per axis. The step
 those of Pfaehler et al. (EJNMMI Phys 2022): SUV volume -> common grid -> "edge
 image" (image minus its 6 mm FWHM Gaussian blur) -> sagittal slices cropped/padded
 to 300 x 200 -> slice selection per stage. Nothing here reads files.
+
+A bundle names its preprocessing version (:data:`PREPROCESSINGS`); the analyzer runs
+the one the bundle was trained with. ``earl-pre-1`` resamples linearly to 3 mm, which
+smooths 2 and 2.7 mm voxels by an amount that varies with the sampling phase (the
+shipped model is least accurate on exactly those voxel sizes); ``earl-pre-2`` resamples
+with cubic B-splines instead and ``earl-pre-3`` keeps the native grid. A bundle may also
+feed the original voxel size to the net (``input.voxel_input``, :func:`voxel_channels`):
+the phantom label itself depends on it through partial volume.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 PREPROCESSING_VERSION = "earl-pre-1"
-"""Bumped whenever any step below changes; recorded in the model bundle."""
+"""The default version for new bundles; a version is never changed once shipped."""
+PREPROCESSINGS: dict[str, str] = {
+    "earl-pre-1": "3 mm isotropic grid, linear resampling",
+    "earl-pre-2": "3 mm isotropic grid, cubic B-spline resampling",
+    "earl-pre-3": "native voxel grid, no resampling",
+}
+"""Every version this qcd can run, with what it does."""
+_RESAMPLE_ORDER = {"earl-pre-1": 1, "earl-pre-2": 3}
 GRID_MM = 3.0
 """Common isotropic grid: resolves the 4-10 mm FWHM range that separates the classes."""
 EDGE_FWHM_MM = 6.0
@@ -28,13 +45,30 @@ FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
 def resample(volume: np.ndarray, spacing: tuple[float, float, float],
-             grid_mm: float = GRID_MM) -> np.ndarray:
-    """Linear resampling to an isotropic grid, so the CNN sees one voxel size."""
+             grid_mm: float = GRID_MM, order: int = 1) -> np.ndarray:
+    """Spline resampling (``order`` 1 = linear) to an isotropic grid, so the CNN sees one
+    voxel size."""
     factors = [s / grid_mm for s in spacing]
     if all(abs(f - 1.0) < 1e-3 for f in factors):
         return volume.astype(np.float32, copy=False)
-    return ndimage.zoom(volume.astype(np.float32, copy=False), factors, order=1,
+    return ndimage.zoom(volume.astype(np.float32, copy=False), factors, order=order,
                         mode="nearest", grid_mode=True).astype(np.float32)
+
+
+def check_version(version: str) -> str:
+    if version not in PREPROCESSINGS:
+        raise ValueError(f"unknown EARL preprocessing {version!r}; this qcd runs "
+                         f"{', '.join(PREPROCESSINGS)}")
+    return version
+
+
+def grid_spacing(version: str, spacing: tuple[float, float, float]
+                 ) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) mm of the grid the slices are cut from."""
+    check_version(version)
+    if version == "earl-pre-3":
+        return (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    return (GRID_MM, GRID_MM, GRID_MM)
 
 
 def edge_image(volume: np.ndarray, spacing: tuple[float, float, float],
@@ -109,14 +143,47 @@ def _fit(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return result
 
 
-def prepare(volume_suv: np.ndarray, spacing: tuple[float, float, float]
+def prepare(volume_suv: np.ndarray, spacing: tuple[float, float, float],
+            version: str = PREPROCESSING_VERSION
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """SUV volume -> (stage-1 slices, stage-1 indices, stage-2 slices, stage-2 indices).
 
-    Indices are on the common grid (``GRID_MM``); multiply by it for mm.
+    Indices are x positions on the version's grid; multiply by ``grid_spacing(version,
+    spacing)[2]`` for mm.
     """
-    grid = resample(volume_suv, spacing)
-    edge = edge_image(grid, (GRID_MM, GRID_MM, GRID_MM))
+    check_version(version)
+    if version == "earl-pre-3":
+        grid = volume_suv.astype(np.float32, copy=False)
+    else:
+        grid = resample(volume_suv, spacing, order=_RESAMPLE_ORDER[version])
+    edge = edge_image(grid, grid_spacing(version, spacing))
     idx1 = stage1_indices(edge, grid)
     idx2 = stage2_indices(edge, grid)
     return sagittal_slices(edge, idx1), idx1, sagittal_slices(edge, idx2), idx2
+
+
+VOXEL_SCALE_MM = GRID_MM
+"""Voxel sizes enter the net divided by this (about 1 for PET voxels)."""
+
+
+def voxel_channels(slices: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """(n, 1, H, W) slices -> (n, 3, H, W): two constant planes with the series' original
+    in-plane and slice voxel size (mm / ``VOXEL_SCALE_MM``), read by nets with
+    ``voxel_input`` (see :class:`qcd.analyzers.earl.model.EdgeNet`)."""
+    n, _, h, w = slices.shape
+    out = np.empty((n, 3, h, w), dtype=slices.dtype)
+    out[:, :1] = slices
+    out[:, 1] = float(max(spacing[1], spacing[2])) / VOXEL_SCALE_MM
+    out[:, 2] = float(spacing[0]) / VOXEL_SCALE_MM
+    return out
+
+
+def model_inputs(volume_suv: np.ndarray, spacing: tuple[float, float, float],
+                 spec: Mapping[str, Any]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`prepare` as a bundle's ``model.json`` asks for it (version, voxel input)."""
+    s1, idx1, s2, idx2 = prepare(volume_suv, spacing,
+                                 str(spec.get("preprocessing", PREPROCESSING_VERSION)))
+    if (spec.get("input") or {}).get("voxel_input"):
+        s1, s2 = voxel_channels(s1, spacing), voxel_channels(s2, spacing)
+    return s1, idx1, s2, idx2
