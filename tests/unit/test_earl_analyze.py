@@ -19,7 +19,8 @@ from qcd.hashing import sha256_file
 from training.earl import analyze as an
 from training.earl import simulate as sim
 from training.earl.card import model_card
-from training.earl.train import LABELS, Case, case_metrics, case_tasks, save_bundle, split
+from training.earl.cases import LABELS, Case, case_tasks, split
+from training.earl.train import case_metrics, save_bundle
 
 D = tuple(float(d) for d in ph.SPHERE_DIAMETERS_MM)
 EARL1_MID = ([1.055, 1.02, 0.96, 0.87, 0.72, 0.455], [0.825, 0.785, 0.705, 0.65, 0.52, 0.35])

@@ -95,7 +95,7 @@ def test_aux_targets_round_trip_through_the_estimate() -> None:
 
 
 def test_variant_names() -> None:
-    from training.earl.train import Variant
+    from training.earl.cases import Variant
 
     v = Variant.parse("pre3+vox+aux")
     assert (v.architecture, v.preprocessing, v.voxel_input, v.aux) == (
@@ -119,7 +119,8 @@ def test_variants_train_on_shared_cases_and_the_bundle_runs_in_the_analyzer(
     from qcd.workers.inference import InferenceSettings
     from qcd.workers.runtime import LocalRuntime
     from training.earl.simulate import simulate_case
-    from training.earl.train import Variant, main
+    from training.earl.cases import Variant
+    from training.earl.train import main
 
     torch.set_num_threads(1)
     out = tmp_path / "models" / "earl" / "1.0.0"

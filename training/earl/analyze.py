@@ -5,8 +5,8 @@
         [--markdown REPORT.md] [--write-bundle]
 
 The held-out cases are rebuilt exactly as ``training.earl.train`` made them (the task
-seeds of :func:`~training.earl.train.case_tasks`, the split of
-:func:`~training.earl.train.split_indices` with the bundle's seed and sizes) and run
+seeds of :func:`~training.earl.cases.case_tasks`, the split of
+:func:`~training.earl.cases.split_indices` with the bundle's seed and sizes) and run
 through the daemon's preprocessing and the bundle's weights on the CPU
 (:func:`~training.earl.train.case_probabilities`, which ``evaluate`` also uses). Per case
 the report records the true and predicted class, the reconstruction parameters, whether
@@ -52,15 +52,8 @@ from qcd.analyzers.earl.phantom import RecoveryCoefficients, ReconParams
 from qcd.bundles import load_bundle
 from training.earl import simulate
 from training.earl.card import error_analysis_tables, model_card
-from training.earl.train import (
-    LABELS,
-    Variant,
-    case_metrics,
-    case_probabilities,
-    case_tasks,
-    make_case,
-    split_indices,
-)
+from training.earl.cases import LABELS, Variant, case_tasks, make_case, split_indices
+from training.earl.train import case_metrics, case_probabilities
 
 LOGGER = logging.getLogger("training.earl.analyze")
 RELABEL_SALT: Final = 4242
@@ -80,7 +73,7 @@ class CaseResult:
 
     label: str
     index: int
-    """Position within its class in :func:`~training.earl.train.case_tasks` (``i``)."""
+    """Position within its class in :func:`~training.earl.cases.case_tasks` (``i``)."""
     seed: int
     source: str
     """Proposal box of the accepted draw: ``prior``, ``EARL1`` or ``EARL2``."""
@@ -179,7 +172,7 @@ def _outside(rc: RecoveryCoefficients, *bands: Any) -> tuple[bool, bool]:
 
 @dataclass(frozen=True)
 class Task:
-    """One case of :func:`~training.earl.train.case_tasks`: ``make_case((seed, label))``."""
+    """One case of :func:`~training.earl.cases.case_tasks`: ``make_case((seed, label))``."""
 
     seed: int
     label: str
@@ -191,7 +184,7 @@ def bundle_tasks(spec: dict[str, Any], split: str = "test") -> list[Task]:
     """The held-out (or training) cases of a bundle trained on simulated data.
 
     Sizes and seed come from ``model.json``'s ``training`` block; the order is that of
-    :func:`~training.earl.train.split_indices` (a random permutation within each class).
+    :func:`~training.earl.cases.split_indices` (a random permutation within each class).
 
     Raises
     ------

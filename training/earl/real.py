@@ -38,7 +38,8 @@ from qcd.analyzers.earl.preprocess import prepare
 from qcd.analyzers.earl.suv import SuvUnavailable, suv_factor
 from qcd.analyzers.volume import load_volume
 from qcd.errors import InferenceError
-from training.earl.train import LABELS, Case, evaluate, fit
+from training.earl.cases import LABELS, Case
+from training.earl.train import evaluate, fit
 
 LOGGER = logging.getLogger("training.earl.real")
 REQUIRED_COLUMNS = ("path", "label", "group")
