@@ -185,6 +185,7 @@ class Daemon:
             self.http.stop()
         if self.dashboard is not None:
             self.dashboard.close()
+        self.service.close()  # after every ingest path (DICOM, STOW-RS) has stopped
         self.db.dispose()
         LOGGER.info("qcd stopped (%d association(s) aborted after drain timeout)", aborted)
 

@@ -38,6 +38,14 @@ class StoreOutcome(enum.Enum):
 
 
 @dataclass(frozen=True)
+class TempFile:
+    """A durable (fsynced) temp file not yet under its final name."""
+
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
 class SpooledFile:
     """Where an instance lies and what it is."""
 
@@ -69,8 +77,11 @@ class Spool:
         self.fsync = fsync
         self.tmp = self.root / TMP_DIR
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._inside = str(self.root).rstrip(os.sep) + os.sep
         self._durable_dirs: set[Path] = set()
         """Series directories whose own entries (in study dir and root) are fsynced."""
+        self._made_dirs: set[Path] = set()
+        """Series directories this process has created or found (no mkdir per instance)."""
 
     def free_bytes(self) -> int:
         """Free bytes on the spool's filesystem (for metrics and the floor check)."""
@@ -101,16 +112,17 @@ class Spool:
         suffix = ".dcm" if version == 1 else f".v{version}.dcm"
         path = self.root / study_uid / series_uid / (sop_uid + suffix)
         # Belt and braces: a valid UID has no separators, but never trust one check.
-        if self.root not in path.resolve().parents:
+        # (The string form of "root in path.resolve().parents", without the Paths.)
+        if not os.path.realpath(path).startswith(self._inside):
             raise SpoolError(status.INVALID_UID, "UID escapes the spool")
         return path
 
-    def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> SpooledFile:
-        """Make ``data`` durable under the instance's UIDs.
+    def store(self, study_uid: str, series_uid: str, sop_uid: str, *parts: bytes) -> SpooledFile:
+        """Make the concatenation of ``parts`` durable under the instance's UIDs.
 
-        The final name is claimed with ``link()``, which fails instead of
-        overwriting, so two associations racing on one SOP Instance UID each keep
-        their copy.
+        The parts are written one after the other, so a caller with a header and a
+        body never has to join them into one more copy. An identical copy already
+        in place is found before anything is written.
 
         Raises
         ------
@@ -119,40 +131,103 @@ class Spool:
             error while writing (0xA700).
         """
         final = self.path_for(study_uid, series_uid, sop_uid)
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_parts(parts)
+        size = sum(len(part) for part in parts)
         if final.exists():
             found = self._match_existing(study_uid, series_uid, sop_uid, digest)
             if found is not None:
-                return SpooledFile(found[0], self._rel(found[0]), digest, len(data), found[1],
+                return SpooledFile(found[0], self._rel(found[0]), digest, size, found[1],
                                    StoreOutcome.DUPLICATE)
+        return self.place(study_uid, series_uid, sop_uid, self.write_temp(*parts), digest)
+
+    def write_temp(self, *parts: bytes) -> TempFile:
+        """Write ``parts``, in order, to a new, fsynced temp file; :meth:`place` it next.
+
+        Needs no UIDs, so a caller can run it while it is still parsing the header.
+        The caller must :meth:`place` or :meth:`discard` the result.
+
+        Raises
+        ------
+        SpoolError
+            Free space below the floor (0xA700, nothing written) or an I/O error
+            (0xA700, nothing left behind).
+        """
+        size = sum(len(part) for part in parts)
         free = self.free_bytes()
-        if free - len(data) < self.min_free_bytes:
+        if free - size < self.min_free_bytes:
             raise SpoolError(
                 status.OUT_OF_RESOURCES,
                 f"spool free space {free // 1048576} MiB is below the floor",
             )
-        tmp_path = self._write_temp(final.parent, data)
+        tmp_path = self.tmp / f"{uuid.uuid4().hex}.part"
         try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            tmp_path.unlink(missing_ok=True)
+            LOGGER.error("spool write failed: %s", exc.strerror)
+            raise SpoolError(status.OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}") from exc
+        return TempFile(tmp_path, size)
+
+    def discard(self, temp: TempFile) -> None:
+        """Remove a temp file that will not be placed (its instance was refused)."""
+        temp.path.unlink(missing_ok=True)
+
+    def place(self, study_uid: str, series_uid: str, sop_uid: str, temp: TempFile,
+              sha256: str) -> SpooledFile:
+        """Give a durable temp file its final name; the temp file is gone afterwards.
+
+        ``sha256`` is the hex digest of the temp file's content. The final name is
+        claimed with ``link()``, which fails instead of overwriting, so two
+        associations racing on one SOP Instance UID each keep their copy; an
+        identical copy already in place makes this a duplicate.
+
+        Raises
+        ------
+        SpoolError
+            Invalid UID (0xC212) or an I/O error (0xA700).
+        """
+        try:
+            final = self.path_for(study_uid, series_uid, sop_uid)
             version = 1
+            candidate = final
+            if final.parent not in self._made_dirs:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                _remember(self._made_dirs, final.parent)
             while True:
-                candidate = self.path_for(study_uid, series_uid, sop_uid, version)
                 try:
-                    os.link(tmp_path, candidate)
+                    os.link(temp.path, candidate)
                     break
+                except FileNotFoundError:  # the series directory was removed under us
+                    if not final.parent.exists():
+                        self._made_dirs.discard(final.parent)
+                        self._durable_dirs.discard(final.parent)
+                        final.parent.mkdir(parents=True, exist_ok=True)
+                        continue
+                    raise
                 except FileExistsError:
-                    if sha256_file(candidate) == digest:
-                        return SpooledFile(candidate, self._rel(candidate), digest, len(data),
+                    if sha256_file(candidate) == sha256:
+                        return SpooledFile(candidate, self._rel(candidate), sha256, temp.size,
                                            version, StoreOutcome.DUPLICATE)
                     version += 1
+                    candidate = self.path_for(study_uid, series_uid, sop_uid, version)
             if self.fsync:
                 self._fsync_dirs(candidate.parent)
         except OSError as exc:
-            LOGGER.error("spool rename failed for %s: %s", final.name, exc.strerror)
+            LOGGER.error("spool rename failed for %s: %s", sop_uid, exc.strerror)
             raise SpoolError(status.OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}") from exc
         finally:
-            tmp_path.unlink(missing_ok=True)
+            self.discard(temp)
         outcome = StoreOutcome.NEW if version == 1 else StoreOutcome.VERSIONED
-        return SpooledFile(candidate, self._rel(candidate), digest, len(data), version, outcome)
+        return SpooledFile(candidate, self._rel(candidate), sha256, temp.size, version, outcome)
 
     def _match_existing(
         self, study_uid: str, series_uid: str, sop_uid: str, digest: str
@@ -176,28 +251,28 @@ class Spool:
         if series_dir not in self._durable_dirs:
             fsync_dir(series_dir.parent)
             fsync_dir(self.root)
-            self._durable_dirs.add(series_dir)
+            _remember(self._durable_dirs, series_dir)
 
     def _rel(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+        """``study/series/file``: every final path is that, under the root."""
+        return "/".join(path.parts[-3:])
 
-    def _write_temp(self, directory: Path, data: bytes) -> Path:
-        """Write ``data`` to a new, fsynced temp file on the spool's filesystem."""
-        tmp_path = self.tmp / f"{uuid.uuid4().hex}.part"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            tmp_path.unlink(missing_ok=True)
-            LOGGER.error("spool write failed: %s", exc.strerror)
-            raise SpoolError(status.OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}") from exc
-        return tmp_path
 
+DIR_MEMORY = 4096
+"""Series directories remembered as made/durable; past this the memory starts afresh
+(a forgotten directory costs one more mkdir or parent fsync), so a daemon that runs for
+years does not grow by one entry per series."""
+
+
+def _remember(seen: set[Path], directory: Path) -> None:
+    if len(seen) >= DIR_MEMORY:
+        seen.clear()
+    seen.add(directory)
+
+
+def sha256_parts(parts: tuple[bytes, ...]) -> str:
+    """Hex sha256 of the concatenation of ``parts`` (the file :meth:`Spool.store` writes)."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part)
+    return hasher.hexdigest()

@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from qcd.clock import SYSTEM_CLOCK, Clock, Elapsed
 from qcd.db.engine import Database
-from qcd.db.instances import record_instance
-from qcd.errors import DatabaseError, IngestError
+from qcd.db.instances import InstanceRecorder
+from qcd.errors import DatabaseError, IngestError, SpoolError
 from qcd.ingest import status
-from qcd.ingest.header import DEFAULT_MAX_INFLATED, InstanceHeader, encode_part10, parse_header
+from qcd.ingest.header import (
+    DEFAULT_MAX_INFLATED,
+    InstanceHeader,
+    encode_file_meta,
+    parse_dataset,
+)
 from qcd.metrics import Metrics
-from qcd.spool import Spool, StoreOutcome
+from qcd.spool import Spool, SpooledFile, StoreOutcome, TempFile, sha256_parts
 
 LOGGER = logging.getLogger(__name__)
+PARSERS = 16
+"""Threads that parse headers while the spool file is written (one per concurrent
+store; the default matches ``ingest.max_associations``)."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +58,14 @@ class IngestService:
     max_inflated
         The largest size, in bytes, a deflated data set may inflate to
         (``ingest.max_inflated_mb``); beyond it the instance is refused with 0xC214.
+    parsers
+        Threads that parse headers while the spool writes; more concurrent stores
+        than this wait for one.
     """
 
     def __init__(self, spool: Spool, db: Database, metrics: Metrics, reopen_completed: bool,
                  clock: Clock = SYSTEM_CLOCK, activity: Elapsed | None = None,
-                 max_inflated: int = DEFAULT_MAX_INFLATED):
+                 max_inflated: int = DEFAULT_MAX_INFLATED, parsers: int = PARSERS):
         self.spool = spool
         self.db = db
         self.metrics = metrics
@@ -61,6 +73,9 @@ class IngestService:
         self.clock = clock
         self.activity = activity
         self.max_inflated = max_inflated
+        self.recorder = InstanceRecorder(db)
+        self._parsers = ThreadPoolExecutor(max_workers=parsers,
+                                           thread_name_prefix="qcd-ingest-parse")
 
     def store(
         self,
@@ -80,14 +95,14 @@ class IngestService:
         started = time.perf_counter()
         ae_label = calling_ae or "-"
         try:
-            part10 = encode_part10(dataset_bytes, transfer_syntax, sop_class_uid, sop_uid,
-                                   calling_ae)
-            header = parse_header(part10, sop_class_uid, sop_uid, transfer_syntax,
-                                  self.max_inflated)
-            spooled = self.spool.store(header.study_uid, header.series_uid, header.sop_uid, part10)
-            recorded = record_instance(self.db, header, spooled, calling_ae=calling_ae,
-                                       reopen_completed=self.reopen_completed,
-                                       now=self.clock.wall())
+            meta = encode_file_meta(transfer_syntax, sop_class_uid, sop_uid, calling_ae)
+            header, spooled = self._parse_and_spool(meta, dataset_bytes, sop_class_uid, sop_uid,
+                                                    transfer_syntax)
+            # group commit: concurrent associations share one transaction, and each
+            # returns only once the transaction holding its row has committed
+            recorded = self.recorder.record(header, spooled, calling_ae=calling_ae,
+                                            reopen_completed=self.reopen_completed,
+                                            now=self.clock.wall())
         except IngestError as exc:
             LOGGER.warning("refused SOP instance %s from %s: 0x%04X %s",
                            sop_uid if _printable(sop_uid) else "<invalid>", ae_label,
@@ -117,6 +132,47 @@ class IngestService:
         if recorded.reopened:
             self.metrics.series_reopened.inc()
         return StoreResult(status.SUCCESS, "", header, spooled.outcome)
+
+    def close(self) -> None:
+        """Stop the header-parsing threads (after the listener has drained)."""
+        self._parsers.shutdown(wait=True)
+
+    def _parse_and_spool(
+        self, meta: bytes, dataset: bytes, sop_class_uid: str, sop_uid: str,
+        transfer_syntax: str,
+    ) -> tuple[InstanceHeader, SpooledFile]:
+        """Parse the header on a helper thread while this one hashes, writes and fsyncs.
+
+        Hashing, writing and fsync release the GIL, so the parse (pure Python) runs
+        in their shadow: ~0.5 ms less per instance on one association. The File Meta
+        and the data set are written as two parts; joining them would copy the data
+        set once more. Outcomes are those of parse-then-:meth:`Spool.store`: a parse
+        failure wins over any spool failure, and a temp file that could not be
+        written (free-space floor, I/O error) falls back to :meth:`Spool.store`,
+        which still accepts an identical copy already in place.
+        """
+        parsing = self._parsers.submit(parse_dataset, dataset, sop_class_uid, sop_uid,
+                                       transfer_syntax, self.max_inflated)
+        temp: TempFile | None = None
+        try:
+            digest = sha256_parts((meta, dataset))
+            temp = self.spool.write_temp(meta, dataset)
+        except SpoolError:
+            pass  # decided by Spool.store below, once the header is known to be good
+        except BaseException:
+            parsing.result()  # a refused data set is answered as refused, not as this
+            raise
+        try:
+            header = parsing.result()
+        except BaseException:
+            if temp is not None:
+                self.spool.discard(temp)
+            raise
+        if temp is None:
+            return header, self.spool.store(header.study_uid, header.series_uid,
+                                            header.sop_uid, meta, dataset)
+        return header, self.spool.place(header.study_uid, header.series_uid, header.sop_uid,
+                                        temp, digest)
 
 
 def _printable(uid: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -33,14 +34,19 @@ def test_missing_table_is_a701_and_resend_recovers(tmp_path: Path) -> None:
     assert _store(service, path) == status.SUCCESS  # the spooled copy is recorded on resend
 
 
-def test_internal_error_is_processing_failure(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broken", ["write_temp", "place"])
+def test_internal_error_is_processing_failure(tmp_path: Path, broken: str) -> None:
+    """A bug in the spool, on the writer thread (write_temp) or the caller's (place)."""
     [path] = make_study(tmp_path / "in", [SeriesSpec("CT", 1, "x")], 16)
     db = Database(f"sqlite:///{tmp_path}/qcd.db")
     db.upgrade()
 
-    class BrokenSpool(Spool):
-        def store(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def,override]
-            raise RuntimeError("bug")
+    def bug(*args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError("bug")
 
+    class BrokenSpool(Spool):
+        pass
+
+    setattr(BrokenSpool, broken, bug)
     service = IngestService(BrokenSpool(tmp_path / "spool", 0), db, Metrics(), True)
     assert _store(service, path) == status.PROCESSING_FAILURE

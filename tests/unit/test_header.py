@@ -8,12 +8,25 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from qcd.errors import IngestError
 from qcd.ingest import status
-from qcd.ingest.header import encode_part10, parse_header, split_part10
+from qcd.ingest.header import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION,
+    encode_file_meta,
+    encode_part10,
+    parse_dataset,
+    parse_header,
+    split_part10,
+)
 from qcd.synth import SeriesSpec, make_study
 
 REAL = Path(__file__).parents[1] / "data" / "real-transfer-syntaxes"
@@ -133,3 +146,53 @@ def test_encode_part10_keeps_data_set_bytes(ct_file: Path) -> None:
     again = split_part10(encode_part10(body, ts, cls, uid, "CT1"))
     assert again[1] == body
     assert again[0].SourceApplicationEntityTitle == "CT1"
+
+
+def _pydicom_part10_meta(ts: str, cls: str, uid: str, ae: str | None) -> bytes:
+    """The File Meta as pydicom's writer encodes it (what encode_file_meta must match)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(cls)
+    meta.MediaStorageSOPInstanceUID = UID(uid)
+    meta.TransferSyntaxUID = UID(ts)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if ae:
+        meta.SourceApplicationEntityTitle = ae
+    buf = DicomBytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()
+
+
+_COMPONENT = st.one_of(st.just("0"), st.from_regex(r"[1-9][0-9]{0,8}", fullmatch=True))
+_UIDS = st.lists(_COMPONENT, min_size=2, max_size=12).map(".".join).filter(lambda u: len(u) <= 64)
+
+
+@given(uid=_UIDS, cls=_UIDS,
+       ts=st.sampled_from(["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"]),
+       ae=st.one_of(st.none(), st.just(""), st.from_regex(r"[A-Z0-9_]{1,16}", fullmatch=True)))
+def test_file_meta_is_byte_identical_to_pydicoms(uid: str, cls: str, ts: str,
+                                                 ae: str | None) -> None:
+    assert encode_file_meta(ts, cls, uid, ae) == _pydicom_part10_meta(ts, cls, uid, ae)
+
+
+@pytest.mark.parametrize("path", sorted(REAL.glob("*.dcm")), ids=lambda p: p.name)
+def test_parse_dataset_reads_the_bare_data_set_as_parse_header_reads_the_file(
+        path: Path) -> None:
+    body, ts, cls, uid = _split(path)
+    assert parse_dataset(body, cls, uid, ts) == _parse(body, ts, cls, uid)
+
+
+def test_parse_dataset_refuses_like_parse_header(ct_file: Path) -> None:
+    body, ts, cls, uid = _split(ct_file)
+    for bad in (body[:100], body[:-200], b"", body.replace(b"CHEST", b"CH\x00ST")):
+        outcomes = []
+        for parse in (lambda: parse_dataset(bad, cls, uid, ts), lambda: _parse(bad, ts, cls, uid)):
+            try:
+                outcomes.append(parse())
+            except IngestError as exc:
+                outcomes.append(exc.status)
+        assert outcomes[0] == outcomes[1]
+    with pytest.raises(IngestError) as info:
+        parse_dataset(body, cls, "1.2/../3", ts)
+    assert info.value.status == status.INVALID_UID
