@@ -113,3 +113,49 @@ def test_site_retraining_writes_a_loadable_bundle(tmp_path: Path) -> None:
     assert bundle.path == out
     load_model(bundle)
     assert "real graded scans" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_a_bundle_with_a_motion_head_reports_the_magnitude(tmp_path: Path) -> None:
+    """A (random-weight) bundle trained with ``--variants head`` runs through the
+    analyzer: the grade still comes from the ordinal columns, and the fifth output
+    becomes a ``motion_magnitude`` finding in um."""
+    import torch
+
+    import json
+
+    from qcd.analyzers.base import SeriesInput
+    from qcd.analyzers.motion.analyzer import MotionAnalyzer
+    from qcd.analyzers.motion.model import MotionNet
+    from qcd.analyzers.motion.preprocess import PREPROCESSING_VERSION
+    from qcd.bundles import load_bundle
+    from qcd.hashing import sha256_file
+    from qcd.workers.inference import InferenceSettings
+    from qcd.workers.runtime import LocalRuntime
+    from training.motion.demo import write_stack
+
+    torch.manual_seed(0)
+    out = tmp_path / "models" / "motion" / "9.0.0"
+    out.mkdir(parents=True)
+    torch.save(MotionNet(8, motion_head=True).state_dict(), out / "weights.pt")
+    (out / "model.json").write_text(json.dumps({
+        "name": "motion", "version": "9.0.0", "architecture": "motionnet-ordinal+motion",
+        "weights": "weights.pt", "sha256": sha256_file(out / "weights.pt"),
+        "labels": ["1", "2", "3", "4", "5"], "preprocessing": PREPROCESSING_VERSION,
+        "input": {"slices": 8, "width": 8, "motion_head": True},
+        "grade_edges_um": [60.0, 150.0, 300.0, 600.0]}))
+    (out / "MODEL_CARD.md").write_text("# test bundle: random weights\n")
+    bundle = load_bundle(tmp_path / "models", "motion")
+    paths = write_stack(phantom_volume(16).astype(np.float32) / 1000.0 * 1.28, 0.0607,
+                        tmp_path / "scan", "HR-pQCT test")
+    runtime = LocalRuntime(InferenceSettings(device="cpu"))
+    try:
+        findings = MotionAnalyzer().analyze(SeriesInput("1.2.3", "CT", tuple(paths)), bundle,
+                                            runtime)
+    finally:
+        runtime.close()
+    found = {f.name: f for f in findings}
+    assert found["motion_grade"].value_num in (1.0, 2.0, 3.0, 4.0, 5.0)
+    magnitude = found["motion_magnitude"]
+    assert magnitude.unit == "um" and magnitude.value_num is not None
+    assert magnitude.value_num > 0
+    assert magnitude.payload is not None and magnitude.payload["grade_edges_um"]
