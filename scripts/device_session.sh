@@ -50,9 +50,9 @@ if [ "$STAGE" = train ]; then
 fi
 if [ "$STAGE" = earl ]; then
   mkdir -p /tmp/t/earl
-  timeout "${LIMIT:-540}" python3 -m training.earl.train --n-per-class "${EARL_N:-450}" \
+  timeout "${LIMIT:-540}" python3 -m training.earl.train --n-per-class "${EARL_N:-400}" \
       --epochs 25 --seed 20261126 --workers 15 --device cuda \
-      --variants "${EARL_VARIANTS:-edgenet,pre2+vox,pre3+vox,pre3+vox+aux}" \
+      --variants "${EARL_VARIANTS:-edgenet,pre2+vox,pre3+vox+aux}" \
       --out /tmp/t/earl/1.0.0 > "$OUT/earl.log" 2>&1 \
     && tar czf "$OUT/earl.tar.gz" -C /tmp/t earl
 fi
