@@ -2,12 +2,14 @@
 
     python -m training.motion.train --out DIR --seed S [--device auto|cpu|cuda]
         [--config full|small] [--train-scans N] [--val-scans N] [--test-scans N] [--epochs E]
+        [--width W] [--slices N] [--variants plain,head] [--reuse-calibration MODEL_JSON]
     python -m training.motion.train --real-labels grades.csv --out DIR [--epochs E]
 
-``full`` (GPU): 384 x 384 slices at 61 um, 480 views, 1400 training and 400 held-out
-scans of 8 slices (plus 250 validation scans that choose the rescan probability
-threshold), 20 epochs (about 2 minutes alone on one H200: 1600+400 scans and 14 epochs
-took 113 s, 76 s of it simulation). ``small`` (CPU trial):
+``full`` (GPU): 384 x 384 slices at 61 um, 480 views, scans of 8 slices; the defaults
+are 1400 training, 250 validation (they choose the rescan probability threshold and,
+with several ``--variants``, the shipped variant) and 400 held-out scans, 20 epochs.
+The shipped bundle: 2400 / 1000 / 800 scans, width 32, two variants, 362 s on one H100
+(177 s of it simulation; see its card for the command). ``small`` (CPU trial):
 192 x 192 at 122 um, 240 views, few scans; the model input is the same
 (192 x 192 at 122 um), only the simulation is coarser.
 
