@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -89,6 +90,27 @@ def db(db_url: str) -> Iterator[Database]:
     database.upgrade()
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    """A migrated SQLite database in the test's temporary directory (tests that need
+    no second backend; ``db`` runs on both)."""
+    database = Database(f"sqlite:///{tmp_path}/qcd.db")
+    database.upgrade()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def cpu_runtime() -> Iterator[Any]:
+    """The engine's runtime on the CPU, as analyzers get it in the daemon; closed after."""
+    from qcd.workers.inference import InferenceSettings
+    from qcd.workers.runtime import LocalRuntime
+
+    runtime = LocalRuntime(InferenceSettings(device="cpu"))
+    yield runtime
+    runtime.close()
 
 
 def make_settings(tmp_path: Path, db_url: str | None = None, **env: str) -> Settings:

@@ -1,5 +1,5 @@
-"""Fixtures shared by integration tests: a migrated SQLite database, a real HTTP receiver
-for webhooks, a test PKI."""
+"""Fixtures shared by integration tests: a real HTTP receiver for webhooks, a test PKI
+(the SQLite ``sqlite_db`` fixture lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,6 @@ from typing import Any
 
 import pytest
 
-from qcd.db.engine import Database
-
-
-@pytest.fixture
-def sqlite_db(tmp_path: Path) -> Iterator[Database]:
-    """A migrated SQLite database in the test's temporary directory."""
-    database = Database(f"sqlite:///{tmp_path}/qcd.db")
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def mutual_tls_listener(pki: Path) -> dict[str, str]:

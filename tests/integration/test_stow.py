@@ -22,11 +22,9 @@ if not OrthancServer.DICOMWEB_PLUGIN.is_file():  # pragma: no cover - CI install
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path}/qcd.db")
-    database.upgrade()
-    yield database
-    database.dispose()
+def db(sqlite_db: Database) -> Database:
+    """SQLite only: these tests need no second backend."""
+    return sqlite_db
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from pathlib import Path
 
 import pytest
 
@@ -136,13 +135,6 @@ class FakePacs:
         if c.series_uid in self.fail:
             return RetrieveResult(False, error="status 0xA702, 0 done, 40 failed")
         return RetrieveResult(True, completed=40)
-
-
-@pytest.fixture
-def sqlite_db(tmp_path: Path) -> Database:
-    db = Database(f"sqlite:///{tmp_path}/qcd.db")
-    db.upgrade()
-    return db
 
 
 def _runner(db: Database, pacs: FakePacs, **env: str) -> AuditRunner:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_variant_names() -> None:
 
 
 def test_variants_train_on_shared_cases_and_the_bundle_runs_in_the_analyzer(
-        tmp_path: Path) -> None:
+        tmp_path: Path, cpu_runtime: Any) -> None:
     """Two variants on the same simulated cases; validation picks one; the written bundle
     runs through the analyzer with its own preprocessing, voxel input and auxiliary
     outputs (one tiny run on the CPU: the numbers mean nothing, the plumbing does)."""
@@ -116,8 +117,6 @@ def test_variants_train_on_shared_cases_and_the_bundle_runs_in_the_analyzer(
     from qcd.analyzers.earl.analyzer import EarlAnalyzer
     from qcd.bundles import load_bundle
     from qcd.synth import write_pet_series
-    from qcd.workers.inference import InferenceSettings
-    from qcd.workers.runtime import LocalRuntime
     from training.earl.simulate import simulate_case
     from training.earl.cases import Variant
     from training.earl.train import main
@@ -144,12 +143,8 @@ def test_variants_train_on_shared_cases_and_the_bundle_runs_in_the_analyzer(
     volume, params, _, _ = simulate_case(np.random.default_rng(99), "EARL1")
     paths = write_pet_series(volume, params.voxel_mm, tmp_path / "pet")
     bundle = load_bundle(tmp_path / "models", "earl")
-    runtime = LocalRuntime(InferenceSettings(device="cpu"))
-    try:
-        findings = EarlAnalyzer().analyze(SeriesInput("1.2.3", "PT", tuple(paths)), bundle,
-                                          runtime)
-    finally:
-        runtime.close()
+    findings = EarlAnalyzer().analyze(SeriesInput("1.2.3", "PT", tuple(paths)), bundle,
+                                      cpu_runtime)
     found = {f.name: f for f in findings}
     assert found["earl_class"].value_text in ("clinical", "EARL1", "EARL2", "indeterminate")
     fwhm = found["earl_effective_fwhm"]

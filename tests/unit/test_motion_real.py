@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -115,7 +116,8 @@ def test_site_retraining_writes_a_loadable_bundle(tmp_path: Path) -> None:
     assert "real graded scans" in (out / "MODEL_CARD.md").read_text()
 
 
-def test_a_bundle_with_a_motion_head_reports_the_magnitude(tmp_path: Path) -> None:
+def test_a_bundle_with_a_motion_head_reports_the_magnitude(tmp_path: Path,
+                                                           cpu_runtime: Any) -> None:
     """A (random-weight) bundle trained with ``--variants head`` runs through the
     analyzer: the grade still comes from the ordinal columns, and the fifth output
     becomes a ``motion_magnitude`` finding in um."""
@@ -129,8 +131,6 @@ def test_a_bundle_with_a_motion_head_reports_the_magnitude(tmp_path: Path) -> No
     from qcd.analyzers.motion.preprocess import PREPROCESSING_VERSION
     from qcd.bundles import load_bundle
     from qcd.hashing import sha256_file
-    from qcd.workers.inference import InferenceSettings
-    from qcd.workers.runtime import LocalRuntime
     from training.motion.demo import write_stack
 
     torch.manual_seed(0)
@@ -147,12 +147,8 @@ def test_a_bundle_with_a_motion_head_reports_the_magnitude(tmp_path: Path) -> No
     bundle = load_bundle(tmp_path / "models", "motion")
     paths = write_stack(phantom_volume(16).astype(np.float32) / 1000.0 * 1.28, 0.0607,
                         tmp_path / "scan", "HR-pQCT test")
-    runtime = LocalRuntime(InferenceSettings(device="cpu"))
-    try:
-        findings = MotionAnalyzer().analyze(SeriesInput("1.2.3", "CT", tuple(paths)), bundle,
-                                            runtime)
-    finally:
-        runtime.close()
+    findings = MotionAnalyzer().analyze(SeriesInput("1.2.3", "CT", tuple(paths)), bundle,
+                                        cpu_runtime)
     found = {f.name: f for f in findings}
     assert found["motion_grade"].value_num in (1.0, 2.0, 3.0, 4.0, 5.0)
     magnitude = found["motion_magnitude"]

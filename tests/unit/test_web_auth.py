@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,11 +20,9 @@ from qcd.web.auth import (
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path}/web.db")
-    database.upgrade()
-    yield database
-    database.dispose()
+def db(sqlite_db: Database) -> Database:
+    """SQLite only: these tests need no second backend."""
+    return sqlite_db
 
 
 def test_hash_is_salted_scrypt_and_verifies() -> None:
