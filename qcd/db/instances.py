@@ -64,32 +64,6 @@ class _Request:
     now: dt.datetime
 
 
-def record_instance(
-    db: Database,
-    header: InstanceHeader,
-    stored: StoredFile,
-    *,
-    calling_ae: str | None,
-    reopen_completed: bool,
-    now: dt.datetime | None = None,
-) -> Recorded:
-    """Insert (idempotently) the instance row and touch its study and series.
-
-    ``now`` (default: the wall clock) becomes the instance's ``received_at`` and the
-    series' ``last_received_at``.
-
-    Concurrent associations may create the same study or series at once; the
-    loser of the unique-constraint race retries and finds the winner's row.
-
-    Raises
-    ------
-    DatabaseError
-        The row could not be committed (the caller must not answer Success).
-    """
-    return _record_alone(db, _Request(header, stored, calling_ae, reopen_completed,
-                                      now or utcnow()))
-
-
 class InstanceRecorder:
     """Records instances for concurrent callers with group commit.
 
@@ -97,7 +71,8 @@ class InstanceRecorder:
     added latency for a single association). Callers arriving while a commit runs
     queue; when it ends, one of them records the whole queue in one transaction and
     wakes the others. Every caller returns only after the transaction holding its
-    row has committed, or raises, exactly as :func:`record_instance` does.
+    row has committed, or raises :class:`DatabaseError` (the caller must not answer
+    Success).
 
     Parameters
     ----------
@@ -125,7 +100,13 @@ class InstanceRecorder:
         reopen_completed: bool,
         now: dt.datetime | None = None,
     ) -> Recorded:
-        """As :func:`record_instance`, batched with the callers waiting beside it.
+        """Insert (idempotently) the instance row and touch its study and series,
+        batched with the callers waiting beside it.
+
+        ``now`` (default: the wall clock) becomes the instance's ``received_at`` and the
+        series' ``last_received_at``. Concurrent associations may create the same study
+        or series at once; the loser of the unique-constraint race retries and finds the
+        winner's row.
 
         Raises
         ------
@@ -184,7 +165,7 @@ def _commit_batch(db: Database, batch: list[_Waiter]) -> None:
 
     If the shared transaction fails for any reason, each request is recorded again
     in a transaction of its own, so one bad request cannot fail the others and each
-    gets the error :func:`record_instance` would have raised for it alone.
+    gets the error it would have had alone.
     """
     if len(batch) > 1:
         try:

@@ -12,7 +12,7 @@ from sqlalchemy import func, inspect, select
 from qcd.assembly import CompletionSweeper
 from qcd.config import Settings, load_settings
 from qcd.db.engine import Database
-from qcd.db.instances import record_instance
+from qcd.db.instances import InstanceRecorder
 from qcd.db.models import Instance, Job, JobState, Series, SeriesState
 from qcd.db.queries import status_summary
 from qcd.errors import DatabaseError
@@ -47,8 +47,8 @@ class Stored:
 
 def record(db: Database, h: InstanceHeader, version: int = 1, reopen: bool = True,
            now: dt.datetime | None = None) -> object:
-    return record_instance(db, h, Stored(f"x/{h.sop_uid}", version=version), calling_ae="CT1",
-                           reopen_completed=reopen, now=now)
+    return InstanceRecorder(db).record(h, Stored(f"x/{h.sop_uid}", version=version),
+                                       calling_ae="CT1", reopen_completed=reopen, now=now)
 
 
 
@@ -81,7 +81,7 @@ def test_check_refuses_unmigrated_database(tmp_path: object) -> None:
     empty.dispose()
 
 
-def test_record_instance_is_idempotent_and_versioned(db: Database) -> None:
+def test_recording_is_idempotent_and_versioned(db: Database) -> None:
     first = record(db, header("1.2.3.4.1"))
     again = record(db, header("1.2.3.4.1"))
     v2 = record(db, header("1.2.3.4.1"), version=2)
