@@ -81,6 +81,28 @@ class PredictorStats:
         return self.samples / self.batches if self.batches else 0.0
 
 
+def uses_nhwc(model: torch.nn.Module, device: torch.device, channels_last: bool) -> bool:
+    """Whether ``model`` runs in the NHWC layout: asked for, on CUDA, and not opted out
+    by the model (``channels_last_ok = False``, e.g. one that runs in float32)."""
+    return (channels_last and device.type == "cuda"
+            and bool(getattr(model, "channels_last_ok", True)))
+
+
+def nhwc_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its 4-D weights in the NHWC (channels_last) layout."""
+    import torch
+
+    # nn.Module.to takes memory_format; torch's type stubs do not list it
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def nhwc_input(x: torch.Tensor) -> torch.Tensor:
+    """A 4-D batch in the NHWC layout (other shapes as they are)."""
+    import torch
+
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
 def select_device(preference: str = "auto") -> torch.device:
     """Resolve a device string to a :class:`torch.device`.
 
@@ -200,15 +222,11 @@ class BatchingPredictor:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.amp = amp and self.device.type == "cuda"
-        # a model may opt out (``channels_last_ok = False``), e.g. one that runs in float32
-        self.channels_last = (channels_last and self.device.type == "cuda"
-                              and bool(getattr(model, "channels_last_ok", True)))
+        self.channels_last = uses_nhwc(model, self.device, channels_last)
         self.name = name
         self.model = model.to(self.device).eval()
         if self.channels_last:
-            # nn.Module.to takes memory_format; torch's type stubs do not list it
-            self.model = self.model.to(  # type: ignore[call-overload]
-                memory_format=torch.channels_last)
+            self.model = nhwc_model(self.model)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -362,8 +380,8 @@ class BatchingPredictor:
         try:
             xs = [it.x.to(self.device) for it in batch]
             x = xs[0] if len(xs) == 1 else torch.cat(xs)
-            if self.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            if self.channels_last:
+                x = nhwc_input(x)
             autocast = (torch.autocast("cuda", dtype=torch.float16) if self.amp
                         else contextlib.nullcontext())
             with torch.inference_mode(), autocast:

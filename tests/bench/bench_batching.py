@@ -52,7 +52,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from qcd.bundles import Bundle, load_bundle  # noqa: E402
-from qcd.workers.inference import InferenceSettings, select_device  # noqa: E402
+from qcd.workers.inference import (  # noqa: E402
+    InferenceSettings,
+    nhwc_input,
+    nhwc_model,
+    select_device,
+    uses_nhwc,
+)
 from qcd.workers.runtime import LocalRuntime  # noqa: E402
 from tests.bench.report import cpu_model, header, write_section  # noqa: E402
 
@@ -124,20 +130,16 @@ def daemon_precision(device: torch.device, amp: bool) -> Iterator[None]:
         yield
 
 
-def layout(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """Input on ``device`` in the layout the predictor gives it (NHWC on CUDA if asked)."""
-    x = x.to(device)
-    if channels_last and device.type == "cuda" and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def prepared(case: Case, device: torch.device, channels_last: bool) -> torch.nn.Module:
+def prepared(case: Case, device: torch.device, nhwc: bool) -> torch.nn.Module:
     """The model on ``device`` in the predictor's layout, so every path runs the same net."""
     model = case.model.to(device).eval()
-    if channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return model
+    return nhwc_model(model) if nhwc else model
+
+
+def on_device(x: torch.Tensor, device: torch.device, nhwc: bool) -> torch.Tensor:
+    """Input on ``device`` in the layout the predictor gives it."""
+    x = x.to(device)
+    return nhwc_input(x) if nhwc else x
 
 
 def to_host(y: torch.Tensor) -> torch.Tensor:
@@ -186,12 +188,12 @@ def timed_on_thread(step: Callable[[int], int], device: torch.device, amp: bool,
 
 
 def batch1(case: Case, pool: torch.Tensor, device: torch.device, amp: bool,
-           seconds: float, warmup: float, channels_last: bool) -> Result:
-    model = prepared(case, device, channels_last)
+           seconds: float, warmup: float, nhwc: bool) -> Result:
+    model = prepared(case, device, nhwc)
 
     def step(i: int) -> int:
         k = i % len(pool)
-        to_host(model(layout(pool[k:k + 1], device, channels_last)))
+        to_host(model(on_device(pool[k:k + 1], device, nhwc)))
         return 1
 
     done, wall = timed_on_thread(step, device, amp, seconds, warmup)
@@ -199,12 +201,12 @@ def batch1(case: Case, pool: torch.Tensor, device: torch.device, amp: bool,
 
 
 def plain(case: Case, pool: torch.Tensor, batch: int, device: torch.device, amp: bool,
-          seconds: float, warmup: float, channels_last: bool) -> Result:
-    model = prepared(case, device, channels_last)
+          seconds: float, warmup: float, nhwc: bool) -> Result:
+    model = prepared(case, device, nhwc)
     x = pool[:batch]
 
     def step(_: int) -> int:
-        to_host(model(layout(x, device, channels_last)))
+        to_host(model(on_device(x, device, nhwc)))
         return batch
 
     done, wall = timed_on_thread(step, device, amp, seconds, warmup)
@@ -265,16 +267,11 @@ def batched(case: Case, pool: torch.Tensor, max_batch: int, jobs: int, device: t
                   done, wall)
 
 
-def nhwc(case: Case, device: torch.device, channels_last: bool) -> bool:
-    """Whether the predictor runs this net in NHWC (a net may opt out, as EARL's do)."""
-    return (channels_last and device.type == "cuda"
-            and bool(getattr(case.model, "channels_last_ok", True)))
-
-
 def precision(case: Case, device: torch.device, amp: bool, channels_last: bool) -> str:
     """What the net really computes in on ``device`` (EARL turns autocast off inside),
     and in which layout."""
-    return _dtype(case, device, amp) + (", NHWC" if nhwc(case, device, channels_last) else "")
+    return _dtype(case, device, amp) + (
+        ", NHWC" if uses_nhwc(case.model, device, channels_last) else "")
 
 
 def _dtype(case: Case, device: torch.device, amp: bool) -> str:
@@ -297,7 +294,7 @@ def run_case(case: Case, device: torch.device, args: argparse.Namespace,
              batches: list[int]) -> list[Result]:
     torch.manual_seed(0)
     pool = torch.rand(max(max(batches), case.request), *case.shape)
-    cl = nhwc(case, device, args.channels_last)
+    cl = uses_nhwc(case.model, device, args.channels_last)
     progress(f"{case.name}: batch-1 loop")
     results = [batch1(case, pool, device, args.amp, args.seconds, args.warmup, cl)]
     for b in batches:
