@@ -19,7 +19,6 @@ from qcd.config import Settings
 from qcd.errors import IngestError, InferenceError
 from qcd.importer import iter_files
 from qcd.ingest.header import DEFAULT_MAX_INFLATED, parse_header, split_part10
-from qcd.ingest.inflate import MIB
 from qcd.routing import SeriesFacts, route
 from qcd.workers.run import BundleCache, run_analyzer
 from qcd.workers.runtime import LocalRuntime
@@ -70,7 +69,7 @@ def analyze_paths(
     bundles = BundleCache(models_root(settings.workers.models_path))
     runtime = LocalRuntime(settings.inference)
     rows: list[AnalysisRow] = []
-    series, skipped = group_series(paths, settings.ingest.max_inflated_mb * MIB)
+    series, skipped = group_series(paths, settings.ingest.max_inflated_bytes)
     for uid, files in series.items():
         ds = pydicom.dcmread(files[0], stop_before_pixels=True)
         modality = str(ds.get("Modality", "")) or None

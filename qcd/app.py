@@ -65,7 +65,7 @@ def build_ingest(settings: Settings, metrics: Metrics, clock: Clock = SYSTEM_CLO
         db.check()
     spool = Spool(settings.spool.path, settings.spool.min_free_bytes, settings.spool.fsync)
     service = IngestService(spool, db, metrics, settings.assembly.reopen_on_late_instance,
-                            clock, activity, max_inflated=settings.ingest.max_inflated_mb << 20)
+                            clock, activity, max_inflated=settings.ingest.max_inflated_bytes)
     return db, spool, service
 
 

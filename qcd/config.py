@@ -82,6 +82,11 @@ class IngestSettings:
     refused with 0xC214 (a decompression bomb). Checking one costs up to twice this."""
     tls: TlsSettings = field(default_factory=TlsSettings)
 
+    @property
+    def max_inflated_bytes(self) -> int:
+        """``max_inflated_mb`` in bytes, as the ingest checks take it."""
+        return self.max_inflated_mb << 20
+
 
 @dataclass(frozen=True)
 class SpoolSettings:
