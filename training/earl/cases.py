@@ -109,10 +109,6 @@ def make_case(task: tuple[int, str], versions: tuple[str, ...] = (PREPROCESSING_
     return Case(first[0], first[1], got, meta, rc, prepared or None)
 
 
-def _make_case_versions(args: tuple[tuple[int, str], tuple[str, ...]]) -> Case:
-    return make_case(*args)
-
-
 def case_tasks(n_per_class: int, seed: int) -> list[tuple[int, str]]:
     """The (seed, label) of every simulated case, in the order :func:`make_cases` makes them."""
     return [(seed * 100_003 + i * len(LABELS) + k, label)
@@ -123,9 +119,9 @@ def make_cases(n_per_class: int, seed: int, workers: int,
                versions: tuple[str, ...] = (PREPROCESSING_VERSION,)) -> list[Case]:
     tasks = [(t, versions) for t in case_tasks(n_per_class, seed)]
     if workers <= 1:
-        return [_make_case_versions(t) for t in tasks]
+        return [make_case(*t) for t in tasks]
     with mp.get_context("spawn").Pool(workers) as pool:
-        return pool.map(_make_case_versions, tasks, chunksize=2)
+        return pool.starmap(make_case, tasks, chunksize=2)
 
 
 DEFAULT_VARIANT = Variant("edgenet")
