@@ -127,7 +127,11 @@ def test_truncated_part_fails_with_its_status_rest_stored(daemon_factory: Daemon
     files = make_study(tmp_path / "in", [SeriesSpec("PT", 3, "PET WB")], 16)
     data = [f.read_bytes() for f in files]
     broken_uid = str(split_part10(data[1])[0].MediaStorageSOPInstanceUID)
-    data[1] = data[1][: len(data[1]) // 2]
+    # cut inside an element's value (the Series Instance UID): a cut that happened to
+    # fall on an element boundary would leave a shorter, complete-looking data set, which
+    # is refused for what it lacks (0xC212 "missing Series Instance UID"), not as truncated
+    series_uid = str(pydicom.dcmread(files[1]).SeriesInstanceUID).encode()
+    data[1] = data[1][: data[1].index(series_uid) + 3]  # (not in the File Meta)
     study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     body, ctype = multipart(data)
     code, _, payload = post(url(daemon, f"/dicom-web/studies/{study_uid}"), body, ctype)
