@@ -14,23 +14,22 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import text
 
 from qcd.analyzers.base import Analyzer
 from qcd.assembly import CompletionSweeper
 from qcd.clock import SYSTEM_CLOCK, Clock, Elapsed
 from qcd.config import Settings
-from qcd.db.engine import Database
 from qcd.db.queries import job_counts
-from qcd.ingest.scp import StorageSCP
-from qcd.ingest.service import IngestService
+from qcd.ingest.events import MetricsEvents
+from qcd.ingest.receivers import ReceiverPool
+from qcd.ingest.scp import StorageSCP, configure_pynetdicom
+from qcd.ingest.service import build_ingest
 from qcd.metrics import Metrics
 from qcd.outputs.alerts import AlertDispatcher, raise_from_findings
 from qcd.outputs.delivery import DeliveryWorker
 from qcd.outputs.reports import ReportBuilder
 from qcd.scheduler import IntervalJobs, build_scheduler
-from qcd.spool import Spool
 from qcd.web.aggregates import metric_rows
 from qcd.web.app import Dashboard
 from qcd.web.http import HealthServer
@@ -41,32 +40,6 @@ if TYPE_CHECKING:
     from qcd.workers.distributed import TaskPublisher
 
 LOGGER = logging.getLogger(__name__)
-
-
-def configure_pynetdicom() -> None:
-    """pynetdicom's module globals, set once: no identifiers (PHI) in its logs.
-
-    Received datasets stay in memory (the handler checks free space before writing
-    them); files we send are streamed as stored, never decoded and re-encoded.
-    """
-    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = False
-    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
-
-
-def build_ingest(settings: Settings, metrics: Metrics, clock: Clock = SYSTEM_CLOCK,
-                 activity: Elapsed | None = None) -> tuple[Database, Spool, IngestService]:
-    """The pieces every ingest path needs (the SCP and ``qcd import``)."""
-    db = Database(settings.database.url, echo=settings.database.echo)
-    if settings.database.auto_upgrade:
-        db.upgrade()
-    else:
-        db.check()
-    spool = Spool(settings.spool.path, settings.spool.min_free_bytes, settings.spool.fsync)
-    service = IngestService(spool, db, metrics, settings.assembly.reopen_on_late_instance,
-                            clock, activity, max_inflated=settings.ingest.max_inflated_bytes)
-    return db, spool, service
 
 
 class Daemon:
@@ -87,8 +60,16 @@ class Daemon:
         self.registry = dict(registry)
         self.metrics = Metrics()
         activity = Elapsed(clock)  # series -> last instance, shared by ingest and completion
-        self.db, self.spool, self.service = build_ingest(settings, self.metrics, clock, activity)
-        self.scp = StorageSCP(settings.node.ae_title, settings.ingest, self.service, self.metrics)
+        events = MetricsEvents(self.metrics, activity, clock)
+        self.db, self.spool, self.service = build_ingest(settings, events, clock)
+        receivers = settings.ingest.processes - 1
+        self.scp = StorageSCP(settings.node.ae_title, settings.ingest, self.service, events,
+                              shared_port=receivers > 0)
+        self.receivers = ReceiverPool(settings, events, self.metrics, receivers)
+        self.metrics.active_associations.set_function(
+            lambda: self.scp.active() + self.receivers.active())
+        self.metrics.receiving_processes.set_function(
+            lambda: int(self.scp.server is not None) + self.receivers.alive())
         self.sweeper = CompletionSweeper(settings, self.db, self.metrics, self.registry.keys(),
                                          clock, activity)
         self.runtime = LocalRuntime(settings.inference)
@@ -131,6 +112,8 @@ class Daemon:
                           and bool(self.scheduler.running)},
                 readiness={
                     "dicom_listener": lambda: self.scp.server is not None,
+                    "dicom_receivers": lambda: (self.receivers.alive()
+                                                == len(self.receivers.slots)),
                     "database": self._db_ok,
                     "spool_floor": lambda: self.spool.free_bytes() >= self.spool.min_free_bytes,
                 },
@@ -145,8 +128,14 @@ class Daemon:
         return True
 
     def start(self) -> None:
-        self.spool.cleanup_temp()
+        self.spool.cleanup_temp()  # before any receiver has a temp file of its own
         self.scp.start()
+        if self.receivers.slots:
+            try:
+                self.receivers.start(self.scp.port)
+            except BaseException:
+                self.scp.stop(0.0)
+                raise
         jobs = self.intervals
         jobs.add("completion-sweep", self.sweeper.sweep,
                  self.settings.assembly.sweep_interval_seconds)
@@ -176,7 +165,9 @@ class Daemon:
     def stop(self) -> None:
         """Drain associations, stop the scheduler, close everything."""
         LOGGER.info("shutting down: draining associations")
+        self.receivers.terminate()  # they drain beside our own listener
         aborted = self.scp.stop()
+        aborted += self.receivers.join(self.settings.ingest.drain_timeout + 10.0)
         self.intervals.shutdown()
         self.scheduler.shutdown(wait=True)
         self.executor.stop()

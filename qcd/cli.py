@@ -204,7 +204,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _send(settings: Settings, args: argparse.Namespace) -> int:
-    from qcd.app import configure_pynetdicom
+    from qcd.ingest.scp import configure_pynetdicom
     from qcd.importer import iter_files
     from qcd.config import validate_client_tls
     from qcd.ingest.status import NAMES
@@ -237,12 +237,14 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _import(settings: Settings, args: argparse.Namespace) -> int:
-    from qcd.app import build_ingest, configure_pynetdicom
+    from qcd.ingest.events import MetricsEvents
+    from qcd.ingest.scp import configure_pynetdicom
+    from qcd.ingest.service import build_ingest
     from qcd.importer import import_paths
     from qcd.metrics import Metrics
 
     configure_pynetdicom()
-    db, _, service = build_ingest(settings, Metrics())
+    db, _, service = build_ingest(settings, MetricsEvents(Metrics()))
     try:
         counts = import_paths(service, args.paths)
     finally:
@@ -319,11 +321,13 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
         institutions=tuple(args.institution) if args.institution else filters.institutions)
     service = None
     if settings.audit.method in ("get", "dicomweb") and not args.dry_run:
-        from qcd.app import build_ingest, configure_pynetdicom
+        from qcd.ingest.events import MetricsEvents
+        from qcd.ingest.scp import configure_pynetdicom
+        from qcd.ingest.service import build_ingest
         from qcd.metrics import Metrics
 
         configure_pynetdicom()
-        db, _, service = build_ingest(settings, Metrics())
+        db, _, service = build_ingest(settings, MetricsEvents(Metrics()))
     else:
         from qcd.db.engine import Database
 

@@ -9,10 +9,12 @@ what is allowed.
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 import types
 import typing
@@ -33,6 +35,19 @@ LOG_FORMATS = ("text", "json")
 MODALITY_RE = re.compile(r"^[A-Z]{2,16}$")
 DESTINATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 AE_TITLE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}$")
+
+
+def _read_only(table: dict[Any, Any]) -> types.MappingProxyType[Any, Any]:
+    return types.MappingProxyType(table)
+
+
+def _pickle_mapping(proxy: types.MappingProxyType[Any, Any]) -> tuple[Any, ...]:
+    return _read_only, (dict(proxy),)
+
+
+# Settings cross into spawned processes (ingest receivers, qcd.ingest.receivers); their
+# read-only tables are mapping proxies, which pickle cannot take on its own.
+copyreg.pickle(types.MappingProxyType, _pickle_mapping)
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,12 @@ class IngestSettings:
     require_called_aet: bool = True
     """Reject associations whose called AE title is not ours."""
     max_associations: int = 16
+    """Open associations at once, per receiving process (see ``processes``)."""
+    processes: int = 1
+    """Processes receiving on the listener's port: the daemon and ``processes - 1`` extra
+    receivers (Linux ``SO_REUSEPORT``; the kernel spreads new associations over them).
+    One Python process is bound by its interpreter lock near one core; raise this on a
+    host whose scanners together send more than it keeps up with (docs/BENCHMARKS.md)."""
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
@@ -507,6 +528,9 @@ def _validate(s: Settings) -> None:
             need(False, "http.proxy_trusted_networks", "IP networks such as 10.0.0.0/8", net)
     need(1 <= s.ingest.max_associations <= 1000, "ingest.max_associations", "1-1000",
          s.ingest.max_associations)
+    need(1 <= s.ingest.processes <= 64, "ingest.processes", "1-64", s.ingest.processes)
+    need(s.ingest.processes == 1 or hasattr(socket, "SO_REUSEPORT"), "ingest.processes",
+         "1 on a system without SO_REUSEPORT", s.ingest.processes)
     need(s.ingest.max_pdu == 0 or 4096 <= s.ingest.max_pdu <= 64 * 1024 * 1024,
          "ingest.max_pdu", "0 (unlimited) or 4096-67108864", s.ingest.max_pdu)
     need(s.ingest.max_inflated_mb > 0, "ingest.max_inflated_mb", "MiB > 0",

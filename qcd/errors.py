@@ -46,6 +46,10 @@ class SpoolError(IngestError):
     """The spool could not make an instance durable (disk full, I/O error)."""
 
 
+class ListenerError(QcdError):
+    """The DICOM listener could not start (a receiving process failed to listen)."""
+
+
 class DatabaseError(QcdError):
     """The database is unreachable, locked for too long, or not migrated."""
 

@@ -55,6 +55,12 @@ class Metrics:
             ["destination", "outcome"], registry=r)
         self.reports_built = Counter(
             "qcd_reports_built", "DICOM SR reports built from findings", registry=r)
+        self.receiving_processes = Gauge(
+            "qcd_receiving_processes", "Processes listening for DICOM now (the daemon's own "
+            "listener and the extra receivers of ingest.processes)", registry=r)
+        self.receiver_restarts = Counter(
+            "qcd_receiver_restarts", "Extra DICOM receiving processes restarted after they "
+            "died", registry=r)
         self.spool_free_bytes = Gauge(
             "qcd_spool_free_bytes", "Free bytes on the spool filesystem", registry=r)
 

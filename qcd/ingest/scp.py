@@ -10,24 +10,47 @@ import ipaddress
 import logging
 import socket
 import ssl
+import threading
 import time
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from qcd.config import IngestSettings, TlsSettings
 from qcd.ingest import status
+from qcd.ingest.events import IngestEvents
 from qcd.ingest.service import IngestService
-from qcd.metrics import Metrics
 from qcd.secrets import check_private_file, pem_has_private_key
 
 LOGGER = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def configure_pynetdicom() -> None:
+    """pynetdicom's module globals, set once per process: no identifiers (PHI) in its logs.
+
+    Received datasets stay in memory (the handler checks free space before writing
+    them); files we send are streamed as stored, never decoded and re-encoded.
+    """
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = False
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """An association server whose port other processes of the same user may also bind
+    (``SO_REUSEPORT``: the kernel spreads new connections over the listeners)."""
+
+    def server_bind(self) -> None:
+        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def set_nodelay(event: evt.Event) -> None:
@@ -78,16 +101,21 @@ class StorageSCP:
         Listener and policy settings.
     service
         Where received datasets go.
-    metrics
-        Association counters.
+    events
+        Told of accepted, rejected and refused associations.
+    shared_port
+        Bind with ``SO_REUSEPORT`` so that receiving processes
+        (:mod:`qcd.ingest.receivers`) can listen on the same port.
     """
 
     def __init__(
-        self, ae_title: str, settings: IngestSettings, service: IngestService, metrics: Metrics
+        self, ae_title: str, settings: IngestSettings, service: IngestService,
+        events: IngestEvents, shared_port: bool = False,
     ) -> None:
         self.settings = settings
         self.service = service
-        self.metrics = metrics
+        self.events = events
+        self.shared_port = shared_port
         self.networks: list[Network] = [
             ipaddress.ip_network(n, strict=False) for n in settings.allowed_networks
         ]
@@ -104,7 +132,6 @@ class StorageSCP:
         ae.network_timeout = settings.network_timeout
         ae.maximum_pdu_size = settings.max_pdu
         self.ae = ae
-        metrics.active_associations.set_function(lambda: len(ae.active_associations))
         self.server: ThreadedAssociationServer | None = None
         if not settings.allowed_calling_aets:
             LOGGER.warning("no calling AE allow-list: every calling AE title is accepted")
@@ -117,6 +144,10 @@ class StorageSCP:
         assert self.server is not None
         return int(self.server.server_address[1])
 
+    def active(self) -> int:
+        """Associations open now."""
+        return len(self.ae.active_associations)
+
     def start(self) -> None:
         """Bind and serve in background threads."""
         handlers: list[Any] = [
@@ -127,14 +158,18 @@ class StorageSCP:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        server = self.ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=build_ssl_context(self.settings.tls),
-        )
-        assert server is not None  # block=False always returns the server
+        address = (self.settings.host, self.settings.port)
+        ssl_context = build_ssl_context(self.settings.tls)
+        # what start_server(block=False) does, with our choice of server class: the
+        # server, its serving thread, and registration with the AE (which its
+        # shutdown() expects)
+        server = self.ae.make_server(
+            address, evt_handlers=handlers, ssl_context=ssl_context,
+            server_class=_SharedPortServer if self.shared_port else ThreadedAssociationServer)
         server.verify_request = self._verify_request  # type: ignore[method-assign]
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="qcd-dicom-listener",
+                         daemon=True).start()
         self.server = server
         LOGGER.info("DICOM listener %s on %s:%d (TLS %s)", self.ae.ae_title,
                     self.settings.host, self.port, "on" if self.settings.tls.enabled else "off")
@@ -174,7 +209,7 @@ class StorageSCP:
         if any(address in net for net in self.networks):
             return True
         LOGGER.warning("refused connection from %s: not in allowed networks", address)
-        self.metrics.associations.labels(calling_ae="-", result="refused_network").inc()
+        self.events.association("-", "refused_network")
         return False
 
     # -- handlers ---------------------------------------------------------------
@@ -196,15 +231,14 @@ class StorageSCP:
                 pass
 
     def _on_accepted(self, event: evt.Event) -> None:
-        self.metrics.associations.labels(
-            calling_ae=_aet(event.assoc.requestor.ae_title), result="accepted").inc()
+        self.events.association(_aet(event.assoc.requestor.ae_title), "accepted")
 
     def _on_rejected(self, event: evt.Event) -> None:
         aet = _aet(event.assoc.requestor.ae_title)
         LOGGER.warning("rejected association from %s (calling AE %s, called AE %s)",
                        event.assoc.requestor.address, aet,
                        _aet(event.assoc.acceptor.ae_title))
-        self.metrics.associations.labels(calling_ae=aet, result="rejected").inc()
+        self.events.association(aet, "rejected")
 
     def _on_echo(self, event: evt.Event) -> int:
         return status.SUCCESS

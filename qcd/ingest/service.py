@@ -11,18 +11,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from qcd.clock import SYSTEM_CLOCK, Clock, Elapsed
+from qcd.clock import SYSTEM_CLOCK, Clock
+from qcd.config import Settings
 from qcd.db.engine import Database
 from qcd.db.instances import InstanceRecorder
 from qcd.errors import DatabaseError, IngestError, SpoolError
 from qcd.ingest import status
+from qcd.ingest.events import IngestEvents, StoreReport
 from qcd.ingest.header import (
     DEFAULT_MAX_INFLATED,
     InstanceHeader,
     encode_file_meta,
     parse_dataset,
 )
-from qcd.metrics import Metrics
 from qcd.spool import Spool, SpooledFile, StoreOutcome, TempFile, sha256_parts
 
 LOGGER = logging.getLogger(__name__)
@@ -46,15 +47,15 @@ class IngestService:
 
     Parameters
     ----------
-    spool, db, metrics
+    spool, db
         Collaborators built by the composition root.
+    events
+        Told of every answer (:class:`~qcd.ingest.events.StoreReport`): metrics and the
+        completion sweep's quiet clock in the daemon, a pipe in a receiving process.
     reopen_completed
         Whether a late instance re-opens a completed series.
     clock
-        Where ``received_at`` comes from.
-    activity
-        Told (series id, ``last_received_at``) of every new instance, so the completion
-        sweep measures the quiet period from that moment on the monotonic clock.
+        Where ``received_at`` and the report's monotonic stamp come from.
     max_inflated
         The largest size, in bytes, a deflated data set may inflate to
         (``ingest.max_inflated_mb``); beyond it the instance is refused with 0xC214.
@@ -63,15 +64,14 @@ class IngestService:
         than this wait for one.
     """
 
-    def __init__(self, spool: Spool, db: Database, metrics: Metrics, reopen_completed: bool,
-                 clock: Clock = SYSTEM_CLOCK, activity: Elapsed | None = None,
-                 max_inflated: int = DEFAULT_MAX_INFLATED, parsers: int = PARSERS):
+    def __init__(self, spool: Spool, db: Database, events: IngestEvents, reopen_completed: bool,
+                 clock: Clock = SYSTEM_CLOCK, max_inflated: int = DEFAULT_MAX_INFLATED,
+                 parsers: int = PARSERS):
         self.spool = spool
         self.db = db
-        self.metrics = metrics
+        self.events = events
         self.reopen_completed = reopen_completed
         self.clock = clock
-        self.activity = activity
         self.max_inflated = max_inflated
         self.recorder = InstanceRecorder(db)
         self._parsers = ThreadPoolExecutor(max_workers=parsers,
@@ -107,31 +107,25 @@ class IngestService:
             LOGGER.warning("refused SOP instance %s from %s: 0x%04X %s",
                            sop_uid if _printable(sop_uid) else "<invalid>", ae_label,
                            exc.status, exc.message)
-            self.metrics.store_failures.labels(status=f"0x{exc.status:04X}").inc()
-            return StoreResult(exc.status, exc.message)
+            return self._refused(exc.status, exc.message, started)
         except DatabaseError as exc:
             LOGGER.error("database failure while recording %s: %s", sop_uid, exc)
-            self.metrics.store_failures.labels(
-                status=f"0x{status.DATABASE_UNAVAILABLE:04X}").inc()
-            return StoreResult(status.DATABASE_UNAVAILABLE, "database unavailable")
+            return self._refused(status.DATABASE_UNAVAILABLE, "database unavailable", started)
         except Exception:  # a bug must answer a failure, never Success, and never crash
             LOGGER.exception("unexpected error while storing %s", sop_uid)
-            self.metrics.store_failures.labels(status=f"0x{status.PROCESSING_FAILURE:04X}").inc()
-            return StoreResult(status.PROCESSING_FAILURE, "internal error in qcd")
-        finally:
-            self.metrics.store_seconds.observe(time.perf_counter() - started)
-        if self.activity is not None and recorded.received_at is not None:
-            self.activity.note(recorded.series_id, recorded.received_at)
-        modality = header.modality or "-"
-        self.metrics.instances_received.labels(calling_ae=ae_label, modality=modality).inc()
-        self.metrics.bytes_received.labels(calling_ae=ae_label, modality=modality).inc(
-            len(dataset_bytes))
+            return self._refused(status.PROCESSING_FAILURE, "internal error in qcd", started)
+        self.events.stored(StoreReport(
+            status.SUCCESS, time.perf_counter() - started, ae_label, header.modality or "-",
+            len(dataset_bytes), recorded.series_id, recorded.received_at, self.clock.mono(),
+            recorded.reopened))
         if spooled.outcome is StoreOutcome.VERSIONED:
             LOGGER.warning("SOP instance %s received again with different content; kept as "
                            "version %d", sop_uid, spooled.version)
-        if recorded.reopened:
-            self.metrics.series_reopened.inc()
         return StoreResult(status.SUCCESS, "", header, spooled.outcome)
+
+    def _refused(self, code: int, comment: str, started: float) -> StoreResult:
+        self.events.stored(StoreReport(code, time.perf_counter() - started))
+        return StoreResult(code, comment)
 
     def close(self) -> None:
         """Stop the header-parsing threads (after the listener has drained)."""
@@ -173,6 +167,21 @@ class IngestService:
                                             header.sop_uid, meta, dataset)
         return header, self.spool.place(header.study_uid, header.series_uid, header.sop_uid,
                                         temp, digest)
+
+
+def build_ingest(settings: Settings, events: IngestEvents, clock: Clock = SYSTEM_CLOCK
+                 ) -> tuple[Database, Spool, IngestService]:
+    """The pieces every ingest path needs (the SCP, its receiving processes and
+    ``qcd import``)."""
+    db = Database(settings.database.url, echo=settings.database.echo)
+    if settings.database.auto_upgrade:
+        db.upgrade()
+    else:
+        db.check()
+    spool = Spool(settings.spool.path, settings.spool.min_free_bytes, settings.spool.fsync)
+    service = IngestService(spool, db, events, settings.assembly.reopen_on_late_instance,
+                            clock, max_inflated=settings.ingest.max_inflated_bytes)
+    return db, spool, service
 
 
 def _printable(uid: str) -> bool:

@@ -91,7 +91,7 @@ class DicomSender:
     transfer syntax, sending each file as stored (no decoding, no re-encoding).
 
     The composition root sets ``pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True``
-    (:func:`qcd.app.configure_pynetdicom`) so files are streamed from disk.
+    (:func:`qcd.ingest.scp.configure_pynetdicom`) so files are streamed from disk.
     """
 
     def send(self, destination: Destination, paths: Sequence[Path]) -> list[SendOutcome]:

@@ -13,7 +13,9 @@ What it measures
     (4 = the file list cut into 4 equal parts, 4 ``storescu`` processes started at
     once; wall time from the start of the first to the end of the last):
 
-    * ``qcd serve`` (subprocess; fresh spool and SQLite database for every run),
+    * ``qcd serve`` (subprocess; fresh spool and SQLite database for every run), once per
+      ``--qcd-processes`` value (``ingest.processes``: receiving processes on the port),
+      and with ``--qcd-no-fsync`` also without fsync (like-for-like with storescp),
     * dcmtk ``storescp -od DIR PORT`` (``--fork`` for 4 associations when it works,
       otherwise plain storescp, which serves the associations one after another),
     * Orthanc (minimal config in a temp dir, no plugins).
@@ -27,7 +29,8 @@ What it measures
 
 How to run
     python tests/bench/bench_ingest.py [--n 500] [--size 512] [--repeats 3]
-                                       [--out docs/BENCHMARKS.md]
+                                       [--qcd-processes 1,2] [--qcd-no-fsync]
+                                       [--sender-nodelay] [--out docs/BENCHMARKS.md]
 
     Prints a Markdown table; with ``--out`` it writes (or replaces) the section
     "## Ingest throughput" of that file. Needs dcmtk (storescu, storescp, echoscu)
@@ -135,6 +138,19 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     # after the ")": state is field 3, utime..cstime are fields 14..17 (1-based)
     return sum(int(v) for v in fields[11:15]) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """:func:`cpu_seconds` of a process plus its live descendants (qcd's receivers)."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    try:
+        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()]
+    except OSError:
+        children = []
+    return own + sum(tree_cpu_seconds(c) or 0.0 for c in children)
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -275,13 +291,32 @@ class Receiver(ABC):
 
 
 class QcdReceiver(Receiver):
-    """``qcd serve`` with a fresh spool and SQLite database."""
+    """``qcd serve`` with a fresh spool and SQLite database.
+
+    ``processes`` is ``ingest.processes``; ``fsync`` false is ``spool.fsync = false``,
+    a test-only setting that makes qcd as undurable as storescp (a like-for-like row).
+    Ready means ``/readyz`` answers 200: every receiving process listens.
+    """
 
     ae_title = "QCD"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, processes: int = 1, fsync: bool = True) -> None:
         super().__init__(workdir)
         self.spool = workdir / "spool"
+        self.processes = processes
+        self.fsync = fsync
+        self.http_port = free_port()
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz",
+                                        timeout=2) as rsp:
+                return bool(rsp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def cpu(self) -> float | None:
+        return tree_cpu_seconds(self.proc.pid) if self.proc is not None else None
 
     def command(self) -> list[str]:
         return [find_qcd(), "serve"]
@@ -291,7 +326,10 @@ class QcdReceiver(Receiver):
         env.pop("TCP_NODELAY", None)  # qcd sets TCP_NODELAY on its sockets itself
         env.update({
             "QCD_INGEST__PORT": str(self.port),
-            "QCD_HTTP__PORT": "0",
+            "QCD_HTTP__HOST": "127.0.0.1",
+            "QCD_HTTP__PORT": str(self.http_port),
+            "QCD_INGEST__PROCESSES": str(self.processes),
+            "QCD_SPOOL__FSYNC": "true" if self.fsync else "false",
             "QCD_SPOOL__PATH": str(self.spool),
             "QCD_DATABASE__URL": f"sqlite:///{self.workdir / 'qcd.db'}",
             "QCD_ASSEMBLY__QUIET_SECONDS": "3600",
@@ -413,16 +451,23 @@ class Case:
     associations: int
     fork: bool = False
     """storescp only: run with --fork."""
+    processes: int = 1
+    """qcd only: ``ingest.processes``."""
+    fsync: bool = True
+    """qcd only: ``spool.fsync``."""
 
     @property
     def label(self) -> str:
         if self.receiver == "storescp":
             return "dcmtk storescp --fork" if self.fork else "dcmtk storescp"
-        return {"qcd": "qcd serve", "orthanc": "Orthanc"}[self.receiver]
+        if self.receiver == "qcd":
+            return "qcd serve" + (f", {self.processes} processes" if self.processes > 1 else "") \
+                + ("" if self.fsync else ", fsync off")
+        return "Orthanc"
 
     def make(self, workdir: Path) -> Receiver:
         if self.receiver == "qcd":
-            return QcdReceiver(workdir)
+            return QcdReceiver(workdir, self.processes, self.fsync)
         if self.receiver == "storescp":
             return StorescpReceiver(workdir, self.fork)
         return OrthancReceiver(workdir)
@@ -517,14 +562,15 @@ def table(rows: Sequence[Row]) -> str:
         lines.append(f"| {r.case.label} | {r.case.associations} | {r.n} | {r.repeats} "
                      f"| {r.wall_median:.2f} | {r.wall_min:.2f} | {r.inst_per_s:.0f} "
                      f"| {r.mb_per_s:.1f} | {cpu} |")
-    lines += ["", "| assoc | qcd / storescp throughput | qcd / Orthanc throughput |",
-              "|---|---|---|"]
-    by_key = {(r.case.receiver, r.case.associations): r for r in rows}
-    for assoc in ASSOCIATION_COUNTS:
-        qcd = by_key[("qcd", assoc)]
-        ratios = [by_key[(other, assoc)].wall_median / qcd.wall_median
+    lines += ["", "| qcd | assoc | qcd / storescp throughput | qcd / Orthanc throughput |",
+              "|---|---|---|---|"]
+    peers = {(r.case.receiver, r.case.associations): r for r in rows
+             if r.case.receiver != "qcd"}
+    for qcd in (r for r in rows if r.case.receiver == "qcd"):
+        assoc = qcd.case.associations
+        ratios = [peers[(other, assoc)].wall_median / qcd.wall_median
                   for other in ("storescp", "orthanc")]
-        lines.append(f"| {assoc} | {ratios[0]:.2f} | {ratios[1]:.2f} |")
+        lines.append(f"| {qcd.case.label} | {assoc} | {ratios[0]:.2f} | {ratios[1]:.2f} |")
     return "\n".join(lines)
 
 
@@ -618,7 +664,11 @@ def section(rows: Sequence[Row], ctx: Context) -> str:
         "",
         ("Server CPU = user+system seconds of the server process during the push (n/a for "
          "storescp --fork, whose work happens in forked children). MB = 10^6 bytes of "
-         "Part 10 files. Throughput ratio > 1 means qcd is faster."),
+         "Part 10 files. Throughput ratio > 1 means qcd is faster. For qcd with several "
+         "processes (`ingest.processes`) it is the CPU of the daemon and its receivers. "
+         "\"fsync off\" rows run qcd with `spool.fsync = false`, a test-only setting that "
+         "gives up durability exactly as storescp does: the like-for-like comparison with it, "
+         "not a configuration to deploy."),
         "",
         table(rows),
         "",
@@ -658,11 +708,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="parent of the temp dirs (default: the system temp dir)")
     p.add_argument("--sender-nodelay", action="store_true",
                    help="also run storescu with TCP_NODELAY=1 (default: Nagle on, as shipped)")
+    p.add_argument("--qcd-processes", default="1,2",
+                   help="comma-separated ingest.processes values to run qcd with (default 1,2)")
+    p.add_argument("--qcd-no-fsync", action="store_true",
+                   help="also run qcd with spool.fsync = false at the largest --qcd-processes "
+                        "(like-for-like with storescp, which does not fsync)")
     p.add_argument("--machine-label", default="python-svc machine",
                    help="human name of the machine for the report")
     args = p.parse_args(argv)
     if args.n < 4 or args.size < 8 or args.repeats < 1:
         p.error("need --n >= 4, --size >= 8, --repeats >= 1")
+    try:
+        args.qcd_processes = sorted({int(v) for v in args.qcd_processes.split(",")})
+    except ValueError:
+        p.error("--qcd-processes: comma-separated integers, e.g. 1,2")
+    if not args.qcd_processes or min(args.qcd_processes) < 1:
+        p.error("--qcd-processes: integers >= 1")
     return args
 
 
@@ -682,7 +743,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"generated {len(files)} files, {total_bytes / MB:.1f} MB in "
               f"{time.perf_counter() - t0:.1f} s under {scratch}", file=sys.stderr)
         fork = storescp_fork_works(files, scratch)
-        cases = [Case("qcd", a) for a in ASSOCIATION_COUNTS]
+        cases = [Case("qcd", a, processes=n) for n in args.qcd_processes
+                 for a in ASSOCIATION_COUNTS]
+        if args.qcd_no_fsync:
+            cases += [Case("qcd", a, processes=max(args.qcd_processes), fsync=False)
+                      for a in ASSOCIATION_COUNTS]
         cases += [Case("storescp", a, fork=fork and a > 1) for a in ASSOCIATION_COUNTS]
         cases += [Case("orthanc", a) for a in ASSOCIATION_COUNTS]
         results = {c: Result(c) for c in cases}

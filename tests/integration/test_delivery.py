@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import func, select, update
 
-from qcd.app import configure_pynetdicom
+from qcd.ingest.scp import configure_pynetdicom
 from qcd.db.engine import Database
 from qcd.db.models import Alert, Delivery, DeliveryState, Series, Study, utcnow
 from qcd.outputs.delivery import (

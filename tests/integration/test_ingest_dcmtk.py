@@ -249,12 +249,13 @@ def test_duplicate_resend_is_idempotent_and_changed_copy_is_versioned(
 
 
 def test_import_goes_through_the_same_path(tmp_path: Path, study: list[Path]) -> None:
-    from qcd.app import build_ingest
+    from qcd.ingest.events import MetricsEvents
+    from qcd.ingest.service import build_ingest
     from qcd.importer import import_paths
     from qcd.metrics import Metrics
 
     settings = make_settings(tmp_path)
-    db, spool, service = build_ingest(settings, Metrics())
+    db, spool, service = build_ingest(settings, MetricsEvents(Metrics()))
     junk = tmp_path / "in" / "junk.txt"
     junk.parent.mkdir()
     junk.write_text("not dicom")

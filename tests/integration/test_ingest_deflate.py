@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from qcd.app import Daemon, build_ingest
+from qcd.app import Daemon
+from qcd.ingest.events import MetricsEvents
+from qcd.ingest.service import build_ingest
 from qcd.db.models import Instance
 from qcd.importer import import_paths
 from qcd.ingest import status
@@ -87,7 +89,7 @@ def test_deflate_bomb_over_dimse_is_refused_and_the_daemon_keeps_serving(
 
 def test_import_honours_the_configured_limit(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, QCD_INGEST__MAX_INFLATED_MB="4")
-    db, spool, service = build_ingest(settings, Metrics())
+    db, spool, service = build_ingest(settings, MetricsEvents(Metrics()))
     try:
         over = _bomb_file(tmp_path / "in" / "over.dcm", 8, "1.2.826.0.1.3680043.10.1499.99.3")
         under = _bomb_file(tmp_path / "in" / "under.dcm", 2, "1.2.826.0.1.3680043.10.1499.99.4")

@@ -11,6 +11,7 @@ from qcd.db.engine import Database
 from qcd.ingest import status
 from qcd.ingest.header import split_part10
 from qcd.ingest.service import IngestService
+from qcd.ingest.events import MetricsEvents
 from qcd.metrics import Metrics
 from qcd.spool import Spool
 from qcd.synth import SeriesSpec, make_study
@@ -28,7 +29,7 @@ def _store(service: IngestService, path: Path) -> int:
 def test_missing_table_is_a701_and_resend_recovers(tmp_path: Path) -> None:
     [path] = make_study(tmp_path / "in", [SeriesSpec("CT", 1, "x")], 16)
     db = Database(f"sqlite:///{tmp_path}/qcd.db")
-    service = IngestService(Spool(tmp_path / "spool", 0), db, Metrics(), True)
+    service = IngestService(Spool(tmp_path / "spool", 0), db, MetricsEvents(Metrics()), True)
     assert _store(service, path) == status.DATABASE_UNAVAILABLE  # not migrated: no tables
     db.upgrade()
     assert _store(service, path) == status.SUCCESS  # the spooled copy is recorded on resend
@@ -48,5 +49,5 @@ def test_internal_error_is_processing_failure(tmp_path: Path, broken: str) -> No
         pass
 
     setattr(BrokenSpool, broken, bug)
-    service = IngestService(BrokenSpool(tmp_path / "spool", 0), db, Metrics(), True)
+    service = IngestService(BrokenSpool(tmp_path / "spool", 0), db, MetricsEvents(Metrics()), True)
     assert _store(service, path) == status.PROCESSING_FAILURE

@@ -27,7 +27,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import select
 
-from qcd.app import Daemon, configure_pynetdicom
+from qcd.app import Daemon
+from qcd.ingest.scp import configure_pynetdicom
 from qcd.audit.query import AuditFilters, Peer, SeriesCandidate, find_series
 from qcd.audit.retrieve import retrieve_get, retrieve_move
 from qcd.cli import main

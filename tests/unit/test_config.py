@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import tomllib
 from pathlib import Path
 
@@ -50,11 +51,22 @@ def test_settings_are_immutable() -> None:
         s.assembly.quiet_seconds_by_modality["PT"] = 1  # type: ignore[index]
 
 
+def test_settings_cross_into_spawned_processes() -> None:
+    """Ingest receivers are spawned with the daemon's settings, read-only tables included."""
+    s = load_settings(environ={"QCD_ASSEMBLY__QUIET_SECONDS_BY_MODALITY": "PT=30"})
+    copy = pickle.loads(pickle.dumps(s))
+    assert copy == s
+    assert copy.assembly.quiet_seconds_by_modality == {"PT": 30.0}
+    with pytest.raises(TypeError):
+        copy.assembly.quiet_seconds_by_modality["PT"] = 1  # still read-only
+
+
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
         ({"QCD_INGEST__PORT": "70000"}, "ingest.port: 70000 is not allowed; allowed: 1-65535"),
         ({"QCD_INGEST__PORT": "abc"}, "ingest.port: expected an integer"),
+        ({"QCD_INGEST__PROCESSES": "0"}, "ingest.processes: 0 is not allowed; allowed: 1-64"),
         ({"QCD_INGEST__MAX_INFLATED_MB": "0"},
          "ingest.max_inflated_mb: 0 is not allowed; allowed: MiB > 0"),
         ({"QCD_LOGGING__LEVEL": "LOUD"}, "allowed: DEBUG, INFO, WARNING, ERROR"),
