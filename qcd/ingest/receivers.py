@@ -34,6 +34,9 @@ from typing import Any
 from qcd.config import Settings
 from qcd.errors import ListenerError
 from qcd.ingest.events import MetricsEvents, StoreReport
+from qcd.ingest.scp import StorageSCP, configure_pynetdicom
+from qcd.ingest.service import build_ingest
+from qcd.logsetup import configure_logging
 from qcd.metrics import Metrics
 
 LOGGER = logging.getLogger(__name__)
@@ -82,10 +85,6 @@ class PipeEvents:
 
 def run_receiver(settings: Settings, port: int, conn: Connection) -> None:
     """Entry point of one receiving process (spawned by :class:`ReceiverPool`)."""
-    from qcd.app import build_ingest
-    from qcd.ingest.scp import StorageSCP, configure_pynetdicom
-    from qcd.logsetup import configure_logging
-
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
