@@ -18,7 +18,8 @@ from qcd.bundles import models_root
 from qcd.config import Settings
 from qcd.errors import IngestError, InferenceError
 from qcd.importer import iter_files
-from qcd.ingest.header import DEFAULT_MAX_INFLATED, parse_header, split_part10
+from qcd.ingest.filemeta import split_part10
+from qcd.ingest.header import DEFAULT_MAX_INFLATED, parse_header
 from qcd.routing import SeriesFacts, route
 from qcd.workers.run import BundleCache, run_analyzer
 from qcd.workers.runtime import LocalRuntime

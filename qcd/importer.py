@@ -9,7 +9,7 @@ from pathlib import Path
 
 from qcd.errors import IngestError
 from qcd.ingest import status
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.ingest.service import IngestService
 
 LOGGER = logging.getLogger(__name__)

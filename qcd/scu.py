@@ -21,7 +21,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
 from qcd.errors import ConfigError, ExportError, IngestError
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.ingest.scp import set_nodelay
 from qcd.outputs.settings import ClientTlsSettings
 from qcd.secrets import check_private_file, pem_has_private_key

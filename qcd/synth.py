@@ -24,7 +24,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from qcd.ingest.header import IMPLEMENTATION_CLASS_UID
+from qcd.ingest.filemeta import IMPLEMENTATION_CLASS_UID
 
 SOP_CLASSES = {
     "CT": "1.2.840.10008.5.1.4.1.1.2",

@@ -7,18 +7,15 @@ judged the same way whichever door it used. Every refusal is an
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 from dataclasses import dataclass
 from typing import Literal
 
-import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
+from pydicom.multival import MultiValue
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
@@ -28,17 +25,14 @@ from pydicom.uid import (
     PrivateTransferSyntaxes,
 )
 
-from qcd import __version__
 from qcd.errors import IngestError
 from qcd.ingest import status
+from qcd.ingest.filemeta import check_claimed, meta_end
 from qcd.ingest.inflate import MIB, inflate
 from qcd.uids import is_valid_uid
 
 LOGGER = logging.getLogger(__name__)
 
-IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1499.1"
-"""qcd's implementation class UID (written in the File Meta of spooled files)."""
-IMPLEMENTATION_VERSION = f"QCD_{__version__}"[:16]
 DEFAULT_MAX_INFLATED = 256 * MIB
 """The default of ``ingest.max_inflated_mb``, in bytes."""
 _ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: first item of encapsulated data
@@ -68,116 +62,6 @@ class InstanceHeader:
     study_date: str | None
 
 
-def encode_part10(
-    dataset_bytes: bytes,
-    transfer_syntax: str,
-    sop_class_uid: str,
-    sop_instance_uid: str,
-    calling_ae: str | None,
-) -> bytes:
-    """Prefix the encoded dataset with a preamble and our File Meta Information.
-
-    The dataset bytes are kept exactly as received. (The C-STORE path writes
-    :func:`encode_file_meta` and the data set to the spool as two parts instead,
-    which saves a copy of the whole data set.)
-
-    Raises
-    ------
-    IngestError
-        0xC212: a claimed SOP Class/Instance UID is empty or invalid (pydicom's File
-        Meta writer would fail on it with an exception of its own).
-    """
-    return encode_file_meta(transfer_syntax, sop_class_uid, sop_instance_uid,
-                            calling_ae) + dataset_bytes
-
-
-def encode_file_meta(
-    transfer_syntax: str,
-    sop_class_uid: str,
-    sop_instance_uid: str,
-    calling_ae: str | None,
-) -> bytes:
-    """The preamble, "DICM" and our File Meta Information, as pydicom writes them.
-
-    pydicom's writer costs ~0.3 ms an instance; only the SOP Instance UID differs
-    between the instances of one sender, so pydicom encodes the rest once per
-    (SOP class, transfer syntax, calling AE) and the UID element is spliced in.
-
-    Raises
-    ------
-    IngestError
-        0xC212: a claimed SOP Class/Instance UID is empty or invalid.
-    """
-    _check_claimed(sop_class_uid, sop_instance_uid)
-    head, tail = _meta_template(sop_class_uid, transfer_syntax, calling_ae or None)
-    value = sop_instance_uid.encode("ascii")
-    if len(value) % 2:
-        value += b"\x00"  # UI is padded with NUL to an even length
-    element = _INSTANCE_UID_TAG + len(value).to_bytes(2, "little") + value
-    group_length = int.from_bytes(head[_GROUP_LENGTH], "little") + len(element)
-    return b"".join((head[: _GROUP_LENGTH.start], group_length.to_bytes(4, "little"),
-                     head[_GROUP_LENGTH.stop :], element, tail))
-
-
-_INSTANCE_UID_TAG = b"\x02\x00\x03\x00UI"  # (0002,0003) UI, explicit VR little endian
-_GROUP_LENGTH = slice(140, 144)  # value of (0002,0000) UL: preamble 128 + "DICM" + 8
-
-
-@functools.lru_cache(maxsize=256)
-def _meta_template(
-    sop_class_uid: str, transfer_syntax: str, calling_ae: str | None
-) -> tuple[bytes, bytes]:
-    """pydicom's encoding of our File Meta, split around (0002,0003), which is left out.
-
-    The group length in ``head`` counts everything but the left-out element.
-    """
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID("1.2")  # placeholder, cut out below
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-    if calling_ae:
-        meta.SourceApplicationEntityTitle = calling_ae
-    buf = DicomBytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    encoded = buf.getvalue()
-    start = encoded.index(_INSTANCE_UID_TAG, _GROUP_LENGTH.stop)
-    end = start + len(_INSTANCE_UID_TAG) + 2 + int.from_bytes(encoded[start + 6 : start + 8],
-                                                                "little")
-    group_length = int.from_bytes(encoded[_GROUP_LENGTH], "little") - (end - start)
-    head = (encoded[: _GROUP_LENGTH.start] + group_length.to_bytes(4, "little")
-            + encoded[_GROUP_LENGTH.stop : start])
-    return head, encoded[end:]
-
-
-def split_part10(data: bytes) -> tuple[FileMetaDataset, bytes]:
-    """Split a Part 10 file into its File Meta and the dataset bytes as stored.
-
-    Raises
-    ------
-    IngestError
-        No DICM prefix or an unreadable File Meta group (0xC210).
-    """
-    fp = io.BytesIO(data)
-    try:
-        pydicom.filereader.read_preamble(fp, False)
-        meta = pydicom.filereader._read_file_meta_info(fp)
-        # decode every raw element now, those inside sequences too: a bad VR or length
-        # must fail here, not when a caller turns an element into a string
-        for _ in meta.iterall():
-            pass
-        ts = str(meta.get("TransferSyntaxUID", "") or "")
-    except Exception as exc:  # pydicom raises many types on bad input
-        raise IngestError(status.UNDECODABLE, f"not a DICOM Part 10 file: {exc}"[:64]) from exc
-    if not ts:
-        raise IngestError(status.UNDECODABLE, "File Meta has no Transfer Syntax UID")
-    if not is_valid_uid(ts) or not UID(ts).is_transfer_syntax:
-        raise IngestError(status.UNDECODABLE, "File Meta Transfer Syntax UID is not one")
-    return meta, data[fp.tell() :]
-
-
 def parse_header(
     part10: bytes, sop_class_uid: str, sop_uid: str, transfer_syntax: str,
     max_inflated: int = DEFAULT_MAX_INFLATED,
@@ -192,9 +76,9 @@ def parse_header(
     IngestError
         As :func:`parse_dataset`; 0xC210 also for an unreadable File Meta.
     """
-    _check_claimed(sop_class_uid, sop_uid)
+    check_claimed(sop_class_uid, sop_uid)
     try:
-        start = _meta_end(part10)
+        start = meta_end(part10)
     except Exception as exc:  # any parser failure means the bytes are not a file
         raise IngestError(status.UNDECODABLE, f"undecodable data set: {type(exc).__name__}") from exc
     return parse_dataset(part10[start:], sop_class_uid, sop_uid, transfer_syntax, max_inflated)
@@ -228,7 +112,7 @@ def parse_dataset(
         short pixel data, 0xC213 pixel encoding that contradicts the transfer syntax,
         0xC214 a deflated data set that inflates beyond ``max_inflated``.
     """
-    _check_claimed(sop_class_uid, sop_uid)
+    check_claimed(sop_class_uid, sop_uid)
     try:
         ds = _read(dataset, transfer_syntax, max_inflated)
         _check_complete(ds)
@@ -279,12 +163,6 @@ def _encoding(transfer_syntax: str) -> tuple[bool, bool]:
     return False, True
 
 
-def _check_claimed(sop_class_uid: str, sop_uid: str) -> None:
-    for name, uid in (("SOP Class", sop_class_uid), ("SOP Instance", sop_uid)):
-        if not is_valid_uid(uid):
-            raise IngestError(status.INVALID_UID, f"invalid Affected {name} UID")
-
-
 def _check_encoding(dataset: bytes, transfer_syntax: str) -> None:
     """Refuse a dataset whose first element contradicts the claimed transfer syntax.
 
@@ -319,14 +197,6 @@ def _is_deflated(transfer_syntax: str) -> bool:
     return ts.is_transfer_syntax and ts.is_deflated
 
 
-def _meta_end(part10: bytes) -> int:
-    """Where the data set starts: after the File Meta as pydicom reads it."""
-    fp = io.BytesIO(part10)  # shares part10's buffer, no copy
-    pydicom.filereader.read_preamble(fp, False)
-    pydicom.filereader._read_file_meta_info(fp)
-    return fp.tell()
-
-
 def _plausible_group(group: int) -> bool:
     # Data sets open with group 0008 (SOP Common, Specific Character Set etc.).
     return 0x0008 <= group < 0x0100
@@ -351,7 +221,7 @@ def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
-    if isinstance(value, pydicom.multival.MultiValue):
+    if isinstance(value, MultiValue):
         value = "\\".join(str(v) for v in value)
     return str(value).strip()[:limit] or None
 

@@ -18,12 +18,8 @@ from qcd.db.instances import InstanceRecorder
 from qcd.errors import DatabaseError, IngestError, SpoolError
 from qcd.ingest import status
 from qcd.ingest.events import IngestEvents, StoreReport
-from qcd.ingest.header import (
-    DEFAULT_MAX_INFLATED,
-    InstanceHeader,
-    encode_file_meta,
-    parse_dataset,
-)
+from qcd.ingest.filemeta import encode_file_meta
+from qcd.ingest.header import DEFAULT_MAX_INFLATED, InstanceHeader, parse_dataset
 from qcd.spool import Spool, SpooledFile, StoreOutcome, TempFile, sha256_parts
 
 LOGGER = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from qcd.clock import SYSTEM_CLOCK, Clock, due, longest_waits
 from qcd.db.engine import Database
 from qcd.db.models import Alert, Delivery, DeliveryState, utcnow
 from qcd.errors import IngestError, QcdError
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.outputs.dicomweb import StowSender
 from qcd.outputs.settings import DeliverySettings, Destination, SendOutcome
 from qcd.scu import associate, client_context, new_ae

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qcd.errors import ConfigError, IngestError
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.outputs.settings import Destination, SendOutcome
 from qcd.secrets import read_secret
 

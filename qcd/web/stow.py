@@ -21,7 +21,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from qcd.errors import IngestError
 from qcd.ingest import status
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.ingest.inflate import inflated_size
 from qcd.ingest.service import IngestService
 

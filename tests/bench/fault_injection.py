@@ -48,7 +48,7 @@ from sqlalchemy import select  # noqa: E402
 
 from qcd.db.engine import Database  # noqa: E402
 from qcd.db.models import Finding, Instance, Job, JobState  # noqa: E402
-from qcd.ingest.header import split_part10  # noqa: E402
+from qcd.ingest.filemeta import split_part10  # noqa: E402
 from qcd.synth import SeriesSpec, make_study, write_pet_series  # noqa: E402
 from tests.bench.report import header, machine, write_section  # noqa: E402
 from tests.conftest import free_port  # noqa: E402

@@ -28,7 +28,7 @@ from pydicom.encaps import encapsulate, generate_fragments
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from qcd.ingest.header import split_part10  # noqa: E402
+from qcd.ingest.filemeta import split_part10  # noqa: E402
 from qcd.synth import SeriesSpec, make_study  # noqa: E402
 from tests.fuzz.targets import BASIC, cstore_input  # noqa: E402
 

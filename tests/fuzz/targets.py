@@ -33,7 +33,8 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES
 
 from qcd.errors import IngestError
 from qcd.ingest import status
-from qcd.ingest.header import encode_part10, parse_header, split_part10
+from qcd.ingest.filemeta import encode_part10, split_part10
+from qcd.ingest.header import parse_header
 
 TRANSFER_SYNTAXES = [str(ts) for ts in ALL_TRANSFER_SYNTAXES]
 """What the SCP accepts (every storage context, every transfer syntax)."""

@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 
 # storescu proposes uncompressed syntaxes by default; each compressed syntax needs its flag.
 TS_FLAGS = {

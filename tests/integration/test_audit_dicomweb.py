@@ -17,7 +17,7 @@ from qcd.audit.query import AuditFilters
 from qcd.audit.runner import build_runner, wait_for_analysis
 from qcd.db.models import Instance
 from qcd.errors import ExportError
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from tests.conftest import make_settings
 from tests.integration.orthanc import OrthancServer
 from tests.integration.test_audit import FROM, TO, SimSeries, archive  # noqa: F401

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from qcd.db.engine import Database
 from qcd.db.models import Instance, Job, Series, SeriesState
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.synth import SeriesSpec, make_study
 from tests.conftest import free_port
 from tests.integration.dcmtk import PushResult, echoscu, push_concurrently, storescu

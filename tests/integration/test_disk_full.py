@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from qcd.app import Daemon
 from qcd.db.models import Instance
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.synth import SeriesSpec, make_study
 from tests.conftest import make_settings
 from tests.integration.dcmtk import echoscu, storescu

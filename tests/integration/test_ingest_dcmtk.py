@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from qcd.app import Daemon
 from qcd.db.models import Instance, Job, JobState, Series, SeriesState
 from qcd.ingest import status
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.scu import send_files
 from qcd.synth import DEFAULT_STUDY, make_study
 from tests.conftest import DATA, make_settings
@@ -197,7 +197,7 @@ def test_disk_floor_answers_out_of_resources(
 
 def _raw_file(tmp_path: Path, name: str, source: Path, body: bytes, ts: str | None = None) -> Path:
     """A Part 10 file with ``source``'s File Meta (optionally another TS) and ``body``."""
-    from qcd.ingest.header import encode_part10
+    from qcd.ingest.filemeta import encode_part10
 
     meta, _ = split_part10(source.read_bytes())
     out = tmp_path / name

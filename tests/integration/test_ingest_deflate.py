@@ -21,7 +21,7 @@ from qcd.ingest.service import build_ingest
 from qcd.db.models import Instance
 from qcd.importer import import_paths
 from qcd.ingest import status
-from qcd.ingest.header import encode_part10, split_part10
+from qcd.ingest.filemeta import encode_part10, split_part10
 from qcd.metrics import Metrics
 from qcd.scu import send_files
 from qcd.synth import SeriesSpec, make_study

@@ -25,7 +25,7 @@ from qcd.app import Daemon
 from qcd.db.models import Instance, Series, SeriesState
 from qcd.errors import ListenerError
 from qcd.ingest.events import MetricsEvents
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.ingest.receivers import ReceiverPool
 from qcd.metrics import Metrics
 from qcd.synth import SeriesSpec, make_study

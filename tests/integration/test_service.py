@@ -9,7 +9,7 @@ import pytest
 
 from qcd.db.engine import Database
 from qcd.ingest import status
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.ingest.service import IngestService
 from qcd.ingest.events import MetricsEvents
 from qcd.metrics import Metrics

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from qcd.app import Daemon
 from qcd.db.models import Instance, Job, Series, SeriesState
 from qcd.ingest import status
-from qcd.ingest.header import split_part10
+from qcd.ingest.filemeta import split_part10
 from qcd.synth import SeriesSpec, make_study
 from qcd.web.auth import add_user
 from tests.conftest import make_settings

@@ -17,7 +17,8 @@ import pytest
 
 from qcd.errors import IngestError
 from qcd.ingest import status
-from qcd.ingest.header import encode_part10, parse_header
+from qcd.ingest.filemeta import encode_part10
+from qcd.ingest.header import parse_header
 from qcd.ingest.inflate import MIB
 from tests.fuzz.targets import BASIC, HttpTarget, cstore_input, parse_one
 from tests.unit.test_header_deflate import BOMB_UID, CT_IMAGE, DEFLATED, deflate_bomb

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from qcd.errors import IngestError
 from qcd.ingest import status
-from qcd.ingest.header import encode_part10, parse_header, split_part10
+from qcd.ingest.filemeta import encode_part10, split_part10
+from qcd.ingest.header import parse_header
 from qcd.synth import SeriesSpec, make_study
 
 REAL = sorted((Path(__file__).parents[1] / "data" / "real-transfer-syntaxes").glob("*.dcm"))

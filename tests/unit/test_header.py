@@ -18,15 +18,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from qcd.errors import IngestError
 from qcd.ingest import status
-from qcd.ingest.header import (
+from qcd.ingest.filemeta import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION,
     encode_file_meta,
     encode_part10,
-    parse_dataset,
-    parse_header,
     split_part10,
 )
+from qcd.ingest.header import parse_dataset, parse_header
 from qcd.synth import SeriesSpec, make_study
 
 REAL = Path(__file__).parents[1] / "data" / "real-transfer-syntaxes"

@@ -25,7 +25,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from qcd.errors import IngestError
 from qcd.ingest import inflate as inflate_module
 from qcd.ingest import status
-from qcd.ingest.header import DEFAULT_MAX_INFLATED, encode_part10, parse_header, split_part10
+from qcd.ingest.filemeta import encode_part10, split_part10
+from qcd.ingest.header import DEFAULT_MAX_INFLATED, parse_header
 from qcd.ingest.inflate import MIB, inflated_size
 from qcd.synth import SeriesSpec, make_study
 

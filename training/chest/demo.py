@@ -23,7 +23,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from qcd.analyzers.chest.analyzer import CR_STORAGE, DX_PRESENTATION
 from qcd.analyzers.chest.labels import LABELS
-from qcd.ingest.header import IMPLEMENTATION_CLASS_UID
+from qcd.ingest.filemeta import IMPLEMENTATION_CLASS_UID
 from training.chest.simulate import simulate
 
 BITS = 12

@@ -67,7 +67,7 @@ def write_stack(volume_mu: np.ndarray, pixel_mm: float, out: Path, description: 
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-    from qcd.ingest.header import IMPLEMENTATION_CLASS_UID
+    from qcd.ingest.filemeta import IMPLEMENTATION_CLASS_UID
 
     out.mkdir(parents=True, exist_ok=True)
     density = np.round(to_density(volume_mu)).clip(-32768, 32767).astype(np.int16)
