@@ -1,5 +1,6 @@
-"""Fixtures shared by integration tests: a real HTTP receiver for webhooks, a test PKI
-(the SQLite ``sqlite_db`` fixture lives in tests/conftest.py)."""
+"""Fixtures shared by integration tests: a real HTTP receiver for webhooks, a test PKI,
+a counter of the stores a daemon's own listener handles (the SQLite ``sqlite_db``
+fixture lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ from typing import Any
 
 import pytest
 
+from qcd.app import Daemon
+
+
+def count_own_stores(daemon: Daemon) -> list[int]:
+    """Count the stores the daemon's own listener handles; with ``ingest.processes`` > 1
+    the rest went to its receiving processes."""
+    own: list[int] = []
+    store = daemon.service.store
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        own.append(1)
+        return store(*args, **kwargs)
+
+    daemon.service.store = counting  # type: ignore[method-assign]
+    return own
 
 
 def mutual_tls_listener(pki: Path) -> dict[str, str]:

@@ -16,7 +16,6 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -30,6 +29,7 @@ from qcd.ingest.receivers import ReceiverPool
 from qcd.metrics import Metrics
 from qcd.synth import SeriesSpec, make_study
 from tests.conftest import free_port, make_settings
+from tests.integration.conftest import count_own_stores
 from tests.integration.dcmtk import PushResult, echoscu, push_concurrently
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -74,19 +74,6 @@ def metric(daemon: Daemon, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
                if line.startswith(name) and not line.startswith("#")
                and line[len(name)] in "{ ")
-
-
-def count_own_stores(daemon: Daemon) -> list[int]:
-    """Count the stores the daemon's own listener handles (the rest went to receivers)."""
-    own: list[int] = []
-    store = daemon.service.store
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        own.append(1)
-        return store(*args, **kwargs)
-
-    daemon.service.store = counting  # type: ignore[method-assign]
-    return own
 
 
 def assert_durable(daemon: Daemon, acknowledged: list[Path]) -> None:
