@@ -167,7 +167,7 @@ class Daemon:
         LOGGER.info("shutting down: draining associations")
         self.receivers.terminate()  # they drain beside our own listener
         aborted = self.scp.stop()
-        aborted += self.receivers.join(self.settings.ingest.drain_timeout + 10.0)
+        killed = self.receivers.join(self.settings.ingest.drain_timeout + 10.0)
         self.intervals.shutdown()
         self.scheduler.shutdown(wait=True)
         self.executor.stop()
@@ -178,7 +178,8 @@ class Daemon:
             self.dashboard.close()
         self.service.close()  # after every ingest path (DICOM, STOW-RS) has stopped
         self.db.dispose()
-        LOGGER.info("qcd stopped (%d association(s) aborted after drain timeout)", aborted)
+        LOGGER.info("qcd stopped (%d association(s) aborted after drain timeout%s)", aborted,
+                    f"; {killed} receiving process(es) killed" if killed else "")
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self._stop.set()
