@@ -89,8 +89,9 @@ class IngestSettings:
     processes: int = 1
     """Processes receiving on the listener's port: the daemon and ``processes - 1`` extra
     receivers (Linux ``SO_REUSEPORT``; the kernel spreads new associations over them).
-    One Python process is bound by its interpreter lock near one core; raise this on a
-    host whose scanners together send more than it keeps up with (docs/BENCHMARKS.md)."""
+    One process took ~130-170 instances/s of 512 KB on a 2-core test machine, where a
+    second one gained little because the host's cores were already busy; raise this on
+    a host with idle cores whose scanners send more than that (docs/BENCHMARKS.md)."""
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0

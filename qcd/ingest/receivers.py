@@ -1,8 +1,8 @@
 """Extra processes receiving DICOM on the daemon's port (``ingest.processes``).
 
-One Python process receives at most what one core gives it: pynetdicom and the C-STORE
-handler hold the interpreter lock for ~3 ms of every instance (docs/BENCHMARKS.md). Each
-receiver here is a whole ingest path of its own (Storage SCP, IngestService, database
+One Python process receives what about one core gives it: ~8 ms of CPU an instance of
+512 KB on 4 associations, much of it pynetdicom's polling threads (docs/BENCHMARKS.md),
+so a host with idle cores can take more by running more processes. Each receiver here is a whole ingest path of its own (Storage SCP, IngestService, database
 engine, spool handle) bound to the same port with ``SO_REUSEPORT``; the kernel gives
 each new connection to one of the listeners. Durability needs nothing shared between
 them: spool temp files are unique, ``link()`` never overwrites, rows are inserted with
