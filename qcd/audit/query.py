@@ -27,6 +27,32 @@ from qcd.scu import associate, new_ae
 
 LOGGER = logging.getLogger(__name__)
 PENDING = (0xFF00, 0xFF01)
+QUERY_ATTEMPTS = 3
+"""Times one C-FIND is sent when pynetdicom drops one of its responses (:class:`_LostResponses`)."""
+
+
+class _LostResponses(logging.Filter):
+    """Counts C-FIND responses pynetdicom 3 dropped.
+
+    Between two requests on one association, pynetdicom's association reactor thread can
+    take a response off the DIMSE queue before ``send_c_find`` reads it (its pause is a
+    check-then-act on ``_is_paused``; a loaded host widens the window). The reactor then
+    logs "Received unexpected C-FIND service message" and drops the response: a lost
+    Pending response is a series missing from the result with no error at all (seen in
+    tests/integration/test_audit.py on a busy 2-core machine). This filter sees that log
+    record, so a query that lost a response is sent again instead of returning short.
+    """
+
+    MESSAGE = "Received unexpected C-FIND service message"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.MESSAGE):
+            self.count += 1
+        return True
 
 
 @dataclass(frozen=True)
@@ -135,6 +161,26 @@ def _find(assoc: Association, query: Dataset) -> Iterator[Dataset]:
                               f" {status.get('ErrorComment', '')}".rstrip())
 
 
+def _complete_find(assoc: Association, query: Dataset, lost: _LostResponses) -> list[Dataset]:
+    """All identifiers of one C-FIND, sent again while pynetdicom drops a response.
+
+    Raises
+    ------
+    ExportError
+        As :func:`_find`, or responses were still dropped after :data:`QUERY_ATTEMPTS`.
+    """
+    for attempt in range(1, QUERY_ATTEMPTS + 1):
+        before = lost.count
+        found = list(_find(assoc, query))
+        if lost.count == before:
+            return found
+        LOGGER.warning("C-FIND at %s level: pynetdicom dropped a response (attempt %d of %d); "
+                       "sending the query again", query.QueryRetrieveLevel, attempt,
+                       QUERY_ATTEMPTS)
+    raise ExportError(f"C-FIND at {query.QueryRetrieveLevel} level: responses dropped by "
+                      f"pynetdicom in {QUERY_ATTEMPTS} attempts")
+
+
 def _study_query(filters: AuditFilters) -> Dataset:
     q = Dataset()
     q.QueryRetrieveLevel = "STUDY"
@@ -169,15 +215,19 @@ def find_series(peer: Peer, filters: AuditFilters) -> list[SeriesCandidate]:
         The PACS cannot be reached, refuses the association or answers a failure.
     """
     assoc = _associate(peer)
+    lost = _LostResponses()
+    reactor_log = logging.getLogger("pynetdicom.association")
+    reactor_log.addFilter(lost)
     out: list[SeriesCandidate] = []
     try:
         studies = [(str(ds.StudyInstanceUID), _text(ds, "StudyDate"),
                     _text(ds, "InstitutionName"))
-                   for ds in _find(assoc, _study_query(filters)) if ds.get("StudyInstanceUID")]
+                   for ds in _complete_find(assoc, _study_query(filters), lost)
+                   if ds.get("StudyInstanceUID")]
         LOGGER.info("C-FIND %s: %d study(ies) dated %s", peer.ae_title, len(studies),
                     filters.date_range() or "any")
         for study_uid, study_date, study_institution in studies:
-            for ds in _find(assoc, _series_query(study_uid, filters)):
+            for ds in _complete_find(assoc, _series_query(study_uid, filters), lost):
                 if not ds.get("SeriesInstanceUID"):
                     continue
                 c = SeriesCandidate(
@@ -192,6 +242,7 @@ def find_series(peer: Peer, filters: AuditFilters) -> list[SeriesCandidate]:
                 if filters.accepts(c):
                     out.append(c)
     finally:
+        reactor_log.removeFilter(lost)
         if assoc.is_established:
             assoc.release()
     LOGGER.info("C-FIND %s: %d matching series", peer.ae_title, len(out))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from qcd.audit import query
 from qcd.audit.query import AuditFilters, SeriesCandidate
 from qcd.audit.report import effective_fwhm, extra_to_band
 from qcd.audit.resolution import REFERENCES, band_range, extra_fwhm, phantom_class
@@ -26,7 +30,7 @@ from qcd.db.models import (
     Study,
     utcnow,
 )
-from qcd.errors import ConfigError
+from qcd.errors import ConfigError, ExportError
 
 
 def test_window_wraps_midnight() -> None:
@@ -226,3 +230,55 @@ def test_scheduled_audit_is_registered_only_when_configured(sqlite_db: Database)
                                 "QCD_AUDIT__PACS_HOST": "pacs.example"})
     assert add_audit_job(scheduler, on, sqlite_db)
     assert scheduler.get_job("audit") is not None
+
+
+class _RacyPacs:
+    """An association whose C-FIND responses pynetdicom's reactor sometimes drops: the
+    first series query of a study loses its Pending response and logs what pynetdicom
+    logs when that happens."""
+
+    is_established = True
+
+    def __init__(self, drops: int) -> None:
+        self.drops = drops
+        self.sent: list[str] = []
+
+    def send_c_find(self, query: Any, model: Any) -> Iterator[tuple[Any, Any]]:
+        from pydicom.dataset import Dataset
+
+        self.sent.append(query.QueryRetrieveLevel)
+        pending, success = Dataset(), Dataset()
+        pending.Status, success.Status = 0xFF00, 0x0000
+        found = Dataset()
+        found.StudyInstanceUID = "1.2.3"
+        if query.QueryRetrieveLevel == "SERIES":
+            found.SeriesInstanceUID, found.Modality = "1.2.3.4", "PT"
+            if self.drops:
+                self.drops -= 1
+                logging.getLogger("pynetdicom.association").warning(
+                    "Received unexpected C-FIND service message")
+                yield success, None
+                return
+        yield pending, found
+        yield success, None
+
+    def release(self) -> None:
+        self.is_established = False
+
+
+@pytest.mark.parametrize(("drops", "found"), [(0, 1), (2, 1)])
+def test_a_dropped_c_find_response_is_asked_again_not_lost(
+        monkeypatch: pytest.MonkeyPatch, drops: int, found: int) -> None:
+    pacs = _RacyPacs(drops)
+    monkeypatch.setattr(query, "_associate", lambda peer: pacs)
+    got = query.find_series(query.Peer("pacs", 104, "PACS", "QCD"), AuditFilters())
+    assert [c.series_uid for c in got] == ["1.2.3.4"] * found
+    assert pacs.sent == ["STUDY"] + ["SERIES"] * (drops + 1)
+
+
+def test_c_find_responses_dropped_every_time_fail_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    pacs = _RacyPacs(drops=query.QUERY_ATTEMPTS)
+    monkeypatch.setattr(query, "_associate", lambda peer: pacs)
+    with pytest.raises(ExportError, match="responses dropped by pynetdicom in 3 attempts"):
+        query.find_series(query.Peer("pacs", 104, "PACS", "QCD"), AuditFilters())
+    assert not pacs.is_established  # released all the same
