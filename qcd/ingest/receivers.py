@@ -2,9 +2,10 @@
 
 One Python process receives what about one core gives it: ~8 ms of CPU an instance of
 512 KB on 4 associations, much of it pynetdicom's polling threads (docs/BENCHMARKS.md),
-so a host with idle cores can take more by running more processes. Each receiver here is a whole ingest path of its own (Storage SCP, IngestService, database
-engine, spool handle) bound to the same port with ``SO_REUSEPORT``; the kernel gives
-each new connection to one of the listeners. Durability needs nothing shared between
+so a host with idle cores can take more by running more processes. Each receiver here
+is a whole ingest path of its own (Storage SCP, IngestService, database engine, spool
+handle) bound to the same port with ``SO_REUSEPORT``; the kernel gives each new
+connection to one of the listeners. Durability needs nothing shared between
 them: spool temp files are unique, ``link()`` never overwrites, rows are inserted with
 ``ON CONFLICT DO NOTHING``, and every process answers Success only after its own fsync
 and COMMIT.
@@ -71,7 +72,7 @@ class PipeEvents:
         self._send(("active", count))
 
     def ready(self) -> None:
-        self._send(("ready", os.getpid()))
+        self._send(("ready",))
 
     def _send(self, message: tuple[Any, ...]) -> None:
         with self._lock:
@@ -116,7 +117,6 @@ class _Slot:
 
     index: int
     process: BaseProcess | None = None
-    conn: Connection | None = None
     ready: threading.Event = dataclasses.field(default_factory=threading.Event)
     active: int = 0
     started: float = 0.0
@@ -233,7 +233,7 @@ class ReceiverPool:
                 name=f"qcd-receiver-{slot.index + 1}", daemon=True)
             slot.ready.clear()
             slot.active = 0
-            slot.process, slot.conn, slot.started = process, reader, time.monotonic()
+            slot.process, slot.started = process, time.monotonic()
             process.start()
             writer.close()  # ours: the reader sees EOF once the receiver's copy closes
         threading.Thread(target=self._listen, args=(slot, process, reader),
