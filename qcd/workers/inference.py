@@ -148,6 +148,10 @@ class _Sink:
     def deliver(self, index: int, out: torch.Tensor) -> None:
         import torch
 
+        if len(self._parts) == 1:  # one chunk (most requests): nothing to collect
+            with contextlib.suppress(InvalidStateError):  # cancelled by the caller
+                self.future.set_result(out)
+            return
         with self._lock:
             if self.future.done():  # another chunk failed, or the caller cancelled
                 return
@@ -257,7 +261,11 @@ class BatchingPredictor:
         if x.ndim == 0 or x.shape[0] < 1:
             raise ValueError(f"expected a tensor of shape (n, ...) with n >= 1, got {tuple(x.shape)}")
         future: Future[torch.Tensor] = Future()
-        chunks = x.detach().split(self.max_batch)
+        # No tensor operation for the common request (no autograd, one chunk): each one
+        # releases and re-takes the GIL, a hand-over among hundreds of job threads.
+        if x.requires_grad:
+            x = x.detach()
+        chunks = (x,) if x.shape[0] <= self.max_batch else x.split(self.max_batch)
         sink = _Sink(future, len(chunks))
         now = time.monotonic()
         with self._lock:
@@ -378,8 +386,12 @@ class BatchingPredictor:
             self._batches += 1
             self._samples += total
         try:
-            xs = [it.x.to(self.device) for it in batch]
+            # one concatenation where the requests are, then one copy to the device
+            xs = [it.x for it in batch]
+            if len({t.device for t in xs}) > 1:
+                xs = [t.to(self.device) for t in xs]
             x = xs[0] if len(xs) == 1 else torch.cat(xs)
+            x = x.to(self.device)
             if self.channels_last:
                 x = nhwc_input(x)
             autocast = (torch.autocast("cuda", dtype=torch.float16) if self.amp

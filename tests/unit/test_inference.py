@@ -84,6 +84,28 @@ def test_single_request_matches_direct_call(predictor: BatchingPredictor) -> Non
     out.add_(1)  # a normal tensor, not an inference tensor
 
 
+def test_a_request_that_requires_grad_is_detached(predictor: BatchingPredictor) -> None:
+    # submit skips detach() for plain tensors (each tensor call hands the GIL over);
+    # one that tracks gradients must still not drag autograd into the batch
+    x = torch.randn(3, 6, requires_grad=True)
+    out = predictor.predict(x)
+    assert not out.requires_grad and out.grad_fn is None
+    torch.testing.assert_close(out, expected(x.detach()), atol=1e-5, rtol=1e-5)
+
+
+def test_a_cancelled_request_is_skipped_and_the_others_answered() -> None:
+    model = Gated()
+    with BatchingPredictor(model, CPU, max_batch=8, max_wait_ms=1) as p:
+        first = p.submit(torch.ones(1, 6))  # holds the thread inside forward
+        assert model.entered.wait(5)
+        cancelled, kept = p.submit(torch.ones(1, 6)), p.submit(torch.full((1, 6), 3.0))
+        assert cancelled.cancel()
+        model.release.set()
+        torch.testing.assert_close(first.result(5), torch.full((1, 6), 2.0))
+        torch.testing.assert_close(kept.result(5), torch.full((1, 6), 6.0))
+        assert cancelled.cancelled()
+
+
 def test_concurrent_requests_get_their_own_rows(predictor: BatchingPredictor) -> None:
     inputs = [torch.randn(n, 6) for n in range(1, 9)]
     barrier = threading.Barrier(len(inputs))
