@@ -92,6 +92,11 @@ class IngestSettings:
     One process took ~130-170 instances/s of 512 KB on a 2-core test machine, where a
     second one gained little because the host's cores were already busy; raise this on
     a host with idle cores whose scanners send more than that (docs/BENCHMARKS.md)."""
+    reactor: str = "event"
+    """How each accepted association's two pynetdicom threads wait for work: ``event``
+    (they sleep until the peer sends or a response is queued, qcd.ingest.reactor) or
+    ``polling`` (pynetdicom's own loops, which wake every millisecond). ``event`` needs
+    the pynetdicom 3.0 series; with another one qcd logs a warning and polls."""
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
@@ -529,6 +534,8 @@ def _validate(s: Settings) -> None:
             need(False, "http.proxy_trusted_networks", "IP networks such as 10.0.0.0/8", net)
     need(1 <= s.ingest.max_associations <= 1000, "ingest.max_associations", "1-1000",
          s.ingest.max_associations)
+    need(s.ingest.reactor in ("event", "polling"), "ingest.reactor", "event or polling",
+         s.ingest.reactor)
     need(1 <= s.ingest.processes <= 64, "ingest.processes", "1-64", s.ingest.processes)
     need(s.ingest.processes == 1 or hasattr(socket, "SO_REUSEPORT"), "ingest.processes",
          "1 on a system without SO_REUSEPORT", s.ingest.processes)

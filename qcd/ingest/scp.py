@@ -15,14 +15,15 @@ import time
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
+import pynetdicom
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from qcd.config import IngestSettings, TlsSettings
-from qcd.ingest import status
+from qcd.ingest import reactor, status
 from qcd.ingest.events import IngestEvents
 from qcd.ingest.service import IngestService
 from qcd.secrets import check_private_file, pem_has_private_key
@@ -165,7 +166,8 @@ class StorageSCP:
         # shutdown() expects)
         server = self.ae.make_server(
             address, evt_handlers=handlers, ssl_context=ssl_context,
-            server_class=_SharedPortServer if self.shared_port else ThreadedAssociationServer)
+            server_class=_SharedPortServer if self.shared_port else ThreadedAssociationServer,
+            request_handler=self._request_handler())
         server.verify_request = self._verify_request  # type: ignore[method-assign]
         self.ae._servers.append(server)
         threading.Thread(target=server.serve_forever, name="qcd-dicom-listener",
@@ -173,6 +175,15 @@ class StorageSCP:
         self.server = server
         LOGGER.info("DICOM listener %s on %s:%d (TLS %s)", self.ae.ae_title,
                     self.settings.host, self.port, "on" if self.settings.tls.enabled else "off")
+
+    def _request_handler(self) -> type[RequestHandler]:
+        """pynetdicom's handler, or the one whose associations sleep until there is work."""
+        if self.settings.reactor == "event":
+            if reactor.supported():
+                return reactor.EventDrivenRequestHandler
+            LOGGER.warning("ingest.reactor = event needs pynetdicom %sx, this is %s: "
+                           "associations poll", reactor.SUPPORTED_SERIES, pynetdicom.__version__)
+        return RequestHandler
 
     def stop(self, drain_timeout: float | None = None) -> int:
         """Stop accepting, let in-flight associations finish, then abort the rest.

@@ -15,7 +15,9 @@ What it measures
 
     * ``qcd serve`` (subprocess; fresh spool and SQLite database for every run), once per
       ``--qcd-processes`` value (``ingest.processes``: receiving processes on the port),
-      and with ``--qcd-no-fsync`` also without fsync (like-for-like with storescp),
+      with ``--qcd-no-fsync`` also without fsync (like-for-like with storescp), and
+      with ``--qcd-polling`` also with pynetdicom's own polling association threads
+      (``ingest.reactor = polling``; the default is ``event``, qcd.ingest.reactor),
     * dcmtk ``storescp -od DIR PORT`` (``--fork`` for 4 associations when it works,
       otherwise plain storescp, which serves the associations one after another),
     * Orthanc (minimal config in a temp dir, no plugins).
@@ -30,6 +32,7 @@ What it measures
 How to run
     python tests/bench/bench_ingest.py [--n 500] [--size 512] [--repeats 3]
                                        [--qcd-processes 1,2] [--qcd-no-fsync]
+                                       [--qcd-polling]
                                        [--sender-nodelay] [--out docs/BENCHMARKS.md]
 
     Prints a Markdown table; with ``--out`` it writes (or replaces) the section
@@ -300,11 +303,13 @@ class QcdReceiver(Receiver):
 
     ae_title = "QCD"
 
-    def __init__(self, workdir: Path, processes: int = 1, fsync: bool = True) -> None:
+    def __init__(self, workdir: Path, processes: int = 1, fsync: bool = True,
+                 reactor: str = "event") -> None:
         super().__init__(workdir)
         self.spool = workdir / "spool"
         self.processes = processes
         self.fsync = fsync
+        self.reactor = reactor
         self.http_port = free_port()
 
     def ready(self) -> bool:
@@ -330,6 +335,7 @@ class QcdReceiver(Receiver):
             "QCD_HTTP__PORT": str(self.http_port),
             "QCD_INGEST__PROCESSES": str(self.processes),
             "QCD_SPOOL__FSYNC": "true" if self.fsync else "false",
+            "QCD_INGEST__REACTOR": self.reactor,
             "QCD_SPOOL__PATH": str(self.spool),
             "QCD_DATABASE__URL": f"sqlite:///{self.workdir / 'qcd.db'}",
             "QCD_ASSEMBLY__QUIET_SECONDS": "3600",
@@ -455,6 +461,8 @@ class Case:
     """qcd only: ``ingest.processes``."""
     fsync: bool = True
     """qcd only: ``spool.fsync``."""
+    reactor: str = "event"
+    """qcd only: ``ingest.reactor``."""
 
     @property
     def label(self) -> str:
@@ -462,12 +470,13 @@ class Case:
             return "dcmtk storescp --fork" if self.fork else "dcmtk storescp"
         if self.receiver == "qcd":
             return "qcd serve" + (f", {self.processes} processes" if self.processes > 1 else "") \
-                + ("" if self.fsync else ", fsync off")
+                + ("" if self.fsync else ", fsync off") \
+                + ("" if self.reactor == "event" else f", {self.reactor} reactors")
         return "Orthanc"
 
     def make(self, workdir: Path) -> Receiver:
         if self.receiver == "qcd":
-            return QcdReceiver(workdir, self.processes, self.fsync)
+            return QcdReceiver(workdir, self.processes, self.fsync, self.reactor)
         if self.receiver == "storescp":
             return StorescpReceiver(workdir, self.fork)
         return OrthancReceiver(workdir)
@@ -713,6 +722,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--qcd-no-fsync", action="store_true",
                    help="also run qcd with spool.fsync = false at the largest --qcd-processes "
                         "(like-for-like with storescp, which does not fsync)")
+    p.add_argument("--qcd-polling", action="store_true",
+                   help="also run qcd with ingest.reactor = polling (pynetdicom's own loops, "
+                        "which wake every millisecond) at the smallest --qcd-processes")
     p.add_argument("--machine-label", default="python-svc machine",
                    help="human name of the machine for the report")
     args = p.parse_args(argv)
@@ -747,6 +759,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  for a in ASSOCIATION_COUNTS]
         if args.qcd_no_fsync:
             cases += [Case("qcd", a, processes=max(args.qcd_processes), fsync=False)
+                      for a in ASSOCIATION_COUNTS]
+        if args.qcd_polling:
+            cases += [Case("qcd", a, processes=min(args.qcd_processes), reactor="polling")
                       for a in ASSOCIATION_COUNTS]
         cases += [Case("storescp", a, fork=fork and a > 1) for a in ASSOCIATION_COUNTS]
         cases += [Case("orthanc", a) for a in ASSOCIATION_COUNTS]

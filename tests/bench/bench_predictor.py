@@ -152,6 +152,16 @@ def load_revision(rev: str) -> ModuleType:
     return module
 
 
+def tree_label() -> str:
+    """The checkout's commit, marked when ``qcd/workers/inference.py`` differs from it."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "this tree"
+    changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--",
+                              "qcd/workers/inference.py"]).returncode != 0
+    return f"{head} + uncommitted changes" if changed else head
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default="256,64", help="comma list, paired with --max-batch")
@@ -170,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     paths: list[tuple[str, Callable[[int, int], tuple[float, float | None]]]] = [
         ("floor: bare futures, one gathering thread",
          lambda j, b: (floor(j, b, args.max_wait_ms, args.seconds), None)),
-        ("BatchingPredictor (this tree)",
+        (f"BatchingPredictor ({tree_label()})",
          lambda j, b: predictor(inference, j, b, args.max_wait_ms, args.seconds)),
     ]
     if args.ref:
@@ -199,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ref:
         for j, b in zip(jobs, batches):
             ratio = medians[(paths[1][0], j)] / medians[(paths[2][0], j)]
-            summary.append(f"This tree / {args.ref} at {j} x {b}: **{ratio:.2f}x**.")
+            summary.append(f"{tree_label()} / {args.ref} at {j} x {b}: **{ratio:.2f}x**.")
             print(summary[-1])
     if args.out:
         command = shlex.join(["python", "tests/bench/bench_predictor.py",
