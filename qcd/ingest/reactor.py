@@ -205,6 +205,8 @@ class EventDrivenAssociation(Association):
         dul = EventDrivenDUL(assoc, activity)
         old = assoc.dul
         dul.socket = old.socket
+        # the association set its timeouts (ARTIM, network) on the old DUL's timers
+        dul.artim_timer, dul._idle_timer = old.artim_timer, old._idle_timer
         # the accepted socket already queued its "transport connection" event (Evt5)
         for source, target in ((old.event_queue, dul.event_queue),
                                (old.to_provider_queue, dul.to_provider_queue),
