@@ -208,9 +208,10 @@ class EventDrivenAssociation(Association):
         # the association set its timeouts (ARTIM, network) on the old DUL's timers
         dul.artim_timer, dul._idle_timer = old.artim_timer, old._idle_timer
         # the accepted socket already queued its "transport connection" event (Evt5)
-        for source, target in ((old.event_queue, dul.event_queue),
-                               (old.to_provider_queue, dul.to_provider_queue),
-                               (old.to_user_queue, dul.to_user_queue)):
+        pairs: list[tuple[queue.Queue[Any], queue.Queue[Any]]] = [
+            (old.event_queue, dul.event_queue), (old.to_provider_queue, dul.to_provider_queue),
+            (old.to_user_queue, dul.to_user_queue)]
+        for source, target in pairs:
             while not source.empty():
                 target.put(source.get_nowait())
         assoc.__class__ = cls
