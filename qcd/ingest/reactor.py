@@ -92,6 +92,8 @@ class EventDrivenDUL(DULServiceProvider):
 
     def notify(self) -> None:
         """Wake the reactor (from any thread; harmless once it has stopped)."""
+        if threading.get_ident() == self.ident:
+            return  # the reactor queues events for itself while awake: no system call
         with self._wake_lock:
             if self._wake_closed:
                 return

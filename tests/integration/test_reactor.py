@@ -10,18 +10,28 @@ on these reactors as the default.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.transport import RequestHandler
 
 from qcd.app import Daemon
-from qcd.ingest.reactor import EventDrivenAssociation, EventDrivenDUL, supported
+from qcd.ingest import reactor
+from qcd.ingest.reactor import (
+    EventDrivenAssociation,
+    EventDrivenDUL,
+    EventDrivenRequestHandler,
+    supported,
+)
+from qcd.ingest.scp import StorageSCP
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
@@ -102,6 +112,18 @@ def idle_switches(daemon: Daemon, seconds: float = 1.0) -> int:
 def test_pinned_pynetdicom_is_the_supported_series() -> None:
     assert supported()  # the dependency pin (<4) and the copied loops must agree
     assert supported("3.0.9") and not supported("3.1.0") and not supported("4.0.0")
+
+
+def test_another_pynetdicom_series_falls_back_to_polling_and_says_so(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    scp = SimpleNamespace(settings=SimpleNamespace(reactor="event"))
+    assert StorageSCP._request_handler(scp) is EventDrivenRequestHandler  # type: ignore[arg-type]
+    monkeypatch.setattr(reactor, "supported", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="qcd.ingest.scp"):
+        assert StorageSCP._request_handler(scp) is RequestHandler  # type: ignore[arg-type]
+    assert "associations poll" in caplog.text
+    scp.settings.reactor = "polling"
+    assert StorageSCP._request_handler(scp) is RequestHandler  # type: ignore[arg-type]
 
 
 def test_accepted_associations_are_event_driven_and_polling_is_a_setting(

@@ -125,8 +125,17 @@ def test_a_killed_receiver_loses_nothing_and_is_restarted(
     [victim] = daemon.receivers.pids()
     own = count_own_stores(daemon)
     pushed: list[PushResult] = []
-    pusher = threading.Thread(target=lambda: pushed.append(
-        push_concurrently(series, daemon.scp.port, lanes=8)))
+    killed = threading.Event()
+
+    def push() -> None:
+        # the kernel may hand all 8 associations to the daemon (1 in 256): push the
+        # series again (one row per instance) until the receiver has been killed
+        for _ in range(5):
+            pushed.append(push_concurrently(series, daemon.scp.port, lanes=8))
+            if killed.is_set():
+                return
+
+    pusher = threading.Thread(target=push)
     pusher.start()
 
     def receiver_busy() -> bool:
@@ -134,12 +143,13 @@ def test_a_killed_receiver_loses_nothing_and_is_restarted(
             stored = s.scalar(select(func.count()).select_from(Instance)) or 0
         return stored - len(own) >= 10  # the receiver has acknowledged some
 
-    wait_for(receiver_busy)
+    wait_for(receiver_busy, timeout=60)
     os.kill(victim, signal.SIGKILL)
+    killed.set()
     pusher.join(120)
-    first = pushed[0]
-    assert first.acknowledged, "nothing acknowledged before the kill"
-    assert_durable(daemon, first.acknowledged)
+    acknowledged = [path for result in pushed for path in result.acknowledged]
+    assert acknowledged, "nothing acknowledged before the kill"
+    assert_durable(daemon, acknowledged)
 
     wait_for(lambda: daemon.receivers.alive() == 1 and daemon.receivers.pids() != [victim])
     assert metric(daemon, "qcd_receiver_restarts_total") == 1

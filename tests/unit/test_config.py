@@ -67,6 +67,8 @@ def test_settings_cross_into_spawned_processes() -> None:
         ({"QCD_INGEST__PORT": "70000"}, "ingest.port: 70000 is not allowed; allowed: 1-65535"),
         ({"QCD_INGEST__PORT": "abc"}, "ingest.port: expected an integer"),
         ({"QCD_INGEST__PROCESSES": "0"}, "ingest.processes: 0 is not allowed; allowed: 1-64"),
+        ({"QCD_INGEST__REACTOR": "busy"},
+         "ingest.reactor: 'busy' is not allowed; allowed: event or polling"),
         ({"QCD_INGEST__MAX_INFLATED_MB": "0"},
          "ingest.max_inflated_mb: 0 is not allowed; allowed: MiB > 0"),
         ({"QCD_LOGGING__LEVEL": "LOUD"}, "allowed: DEBUG, INFO, WARNING, ERROR"),
