@@ -167,10 +167,10 @@ def test_the_network_timeout_still_ends_an_idle_association(event_daemon: Daemon
     assoc = associate(event_daemon.scp.port)
     accepted = acceptor(event_daemon)
     start = time.monotonic()
-    accepted.join(10)
+    accepted.join(15)
     waited = time.monotonic() - start
     assert not accepted.is_alive() and not accepted.dul.is_alive()
-    assert 1.5 <= waited <= 4.0, waited  # network_timeout is 2 s here
+    assert 1.5 <= waited <= 8.0, waited  # network_timeout is 2 s here; slack for a busy host
     deadline = time.monotonic() + 5
     while (assoc.is_established) and time.monotonic() < deadline:
         time.sleep(0.05)
