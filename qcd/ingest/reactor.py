@@ -131,10 +131,11 @@ class EventDrivenDUL(DULServiceProvider):
                 return  # decrypted bytes select cannot see
             watch.append(peer)
         try:
-            select.select(watch, [], [], IDLE_WAIT_S)
+            ready, _, _ = select.select(watch, [], [], IDLE_WAIT_S)
         except (OSError, ValueError):  # the socket closed under us: the loop will see it
             return
-        self._drain()
+        if self._wake_r in ready:  # no read of an empty wake-up socket when the peer woke us
+            self._drain()
 
     def run_reactor(self) -> None:
         """pynetdicom 3.0.4's ``DULServiceProvider.run_reactor``, sleeping in select."""
