@@ -1,8 +1,8 @@
 """Extra processes receiving DICOM on the daemon's port (``ingest.processes``).
 
-One Python process receives what about one core gives it: ~8 ms of CPU an instance of
-512 KB on 4 associations, much of it pynetdicom's polling threads (docs/BENCHMARKS.md),
-so a host with idle cores can take more by running more processes. Each receiver here
+One Python process receives what about one core gives it: ~7 ms of CPU an instance of
+512 KB on 4 associations, Python work spread over pynetdicom, the spool and the database
+(docs/BENCHMARKS.md), so a host with idle cores can take more by running more processes. Each receiver here
 is a whole ingest path of its own (Storage SCP, IngestService, database engine, spool
 handle) bound to the same port with ``SO_REUSEPORT``; the kernel gives each new
 connection to one of the listeners. Durability needs nothing shared between
