@@ -3,8 +3,9 @@
 #   STAGE=bench  GPU benchmarks on an idle GPU: batching per analyzer (and atrium in NCHW),
 #                result latency per analyzer (LATENCY="motion" for some), PARITY=1: CPU/GPU parity
 #   STAGE=train  motion retrain (two variants on the same simulated scans)
-#   STAGE=earl   EARL variants on the same simulated cases (EARL_VARIANTS, EARL_N per class);
-#                validation picks the bundle; simulation runs on the 16 CPUs
+#   STAGE=earl   EARL on simulated cases (EARL_N per class): learning curve of the shares
+#                EARL_FRACTIONS, variants EARL_VARIANTS (validation picks the bundle);
+#                simulation runs on the 16 CPUs
 # The image there has torch, numpy and scipy; pydicom & co travel as wheels in .whl/.
 # Results land in $OUT as few files (the tool returns at most 8, two folders deep).
 set -uo pipefail
@@ -50,9 +51,11 @@ if [ "$STAGE" = train ]; then
 fi
 if [ "$STAGE" = earl ]; then
   mkdir -p /tmp/t/earl
-  timeout "${LIMIT:-540}" python3 -m training.earl.train --n-per-class "${EARL_N:-400}" \
+  # default: the learning curve of plain EdgeNet (the variants did not beat it on the CPU,
+  # 300 per class, 2026-12-07); EARL_VARIANTS to compare variants instead
+  timeout "${LIMIT:-540}" python3 -m training.earl.train --n-per-class "${EARL_N:-1000}" \
       --epochs 25 --seed 20261126 --workers 15 --device cuda \
-      --variants "${EARL_VARIANTS:-edgenet,pre2+vox,pre3+vox+aux}" \
+      --variants "${EARL_VARIANTS:-edgenet}" --train-fractions "${EARL_FRACTIONS:-0.25,0.5}" \
       --out /tmp/t/earl/1.0.0 > "$OUT/earl.log" 2>&1 \
     && tar czf "$OUT/earl.tar.gz" -C /tmp/t earl
 fi

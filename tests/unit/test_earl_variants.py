@@ -153,3 +153,49 @@ def test_variants_train_on_shared_cases_and_the_bundle_runs_in_the_analyzer(
     x_mm = pre.grid_spacing(chosen.preprocessing, params.voxel_mm)[2]
     idx = found["earl_class"].payload["stage1_slices_mm"]  # type: ignore[index]
     assert all(abs(v / x_mm - round(v / x_mm)) < 1e-6 for v in idx)
+
+
+def test_nested_subset_is_stratified_and_nested() -> None:
+    from training.earl.cases import Case, nested_subset
+
+    empty = np.zeros((1, 1, 1, 1), np.float16)
+    cases = [Case(empty, empty, label, {"i": i})
+             for i, label in enumerate(["clinical"] * 8 + ["EARL1"] * 4 + ["EARL2"] * 4)]
+    quarter = nested_subset(cases, 0.25, seed=3)
+    half = nested_subset(cases, 0.5, seed=3)
+    assert [c.label for c in quarter].count("clinical") == 2
+    assert [c.label for c in half].count("EARL1") == 2
+    assert {id(c) for c in quarter} <= {id(c) for c in half}
+    assert len(nested_subset(cases, 1.0, seed=3)) == len(cases)
+    assert {c.params["i"] for c in nested_subset(cases, 0.5, seed=4)} != {
+        c.params["i"] for c in half}
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="fraction must be in"):
+            nested_subset(cases, bad, seed=3)
+
+
+def test_train_fractions_record_a_learning_curve(tmp_path: Path) -> None:
+    """Tiny CPU run: the curve's points use nested shares and the same held-out cases,
+    its last point is the shipped model, and the card tables it."""
+    from training.earl.train import main
+
+    torch.set_num_threads(1)
+    out = tmp_path / "earl"
+    assert main(["--n-per-class", "4", "--epochs", "1", "--workers", "1", "--device", "cpu",
+                 "--train-fractions", "0.5", "--test-fraction", "0.25", "--seed", "5",
+                 "--out", str(out)]) == 0
+    spec = json.loads((out / "model.json").read_text())
+    curve = spec["learning_curve"]
+    assert [p["fraction"] for p in curve] == [0.5, 1.0]
+    assert [p["n_train_cases"] for p in curve] == [6, 9]
+    held_out = spec["metrics"]["held_out_simulated"]
+    assert curve[-1]["stage1_accuracy"] == held_out["stage1_accuracy"]
+    assert "--train-fractions 0.5" in spec["training"]["command"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Learning curve (same held-out cases)" in card
+    assert "| 0.50 | 6 |" in card and "| 1.00 | 9 |" in card
+    with pytest.raises(SystemExit):
+        main(["--train-fractions", "0.5,2", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        main(["--train-fractions", "0.5", "--real-labels", str(tmp_path / "x.csv"),
+              "--out", str(out)])

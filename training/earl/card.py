@@ -195,6 +195,23 @@ def _comparison(spec: dict[str, Any]) -> str:
             "training time |\n|---|---|---|---|---|---|\n" + rows)
 
 
+def _learning_curve(spec: dict[str, Any]) -> str:
+    """The ``--train-fractions`` table (empty when the bundle has none)."""
+    curve = spec.get("learning_curve")
+    if not curve:
+        return ""
+    rows = "\n".join(
+        f"| {p['fraction']:.2f} | {p['n_train_cases']} | {_pct(p['stage1_accuracy'])} | "
+        f"{_pct(p['stage2_accuracy'])} | "
+        + " / ".join(f"{k} {_pct(v)}" for k, v in p["accuracy_per_class"].items()) + " |"
+        for p in curve)
+    return ("## Learning curve (same held-out cases)\n"
+            "The shipped variant trained again on nested, stratified shares of the training "
+            "cases (same seed and epochs); the last row is the shipped model.\n\n"
+            "| share | training cases | stage 1 | stage 2 | per class |\n"
+            f"|---|---|---|---|---|\n{rows}\n\n")
+
+
 def model_card(spec: dict[str, Any]) -> str:
     m = spec["metrics"]["held_out_simulated"]
     t = spec["training"]
@@ -272,7 +289,7 @@ EARL2, on EARL cases) accuracy: **{_pct(m['stage2_accuracy'])}**; indeterminate:
 
 {comparison}
 
-{analysis_text}## CPU / GPU parity
+{_learning_curve(spec)}{analysis_text}## CPU / GPU parity
 {parity_text}
 
 ## Limits

@@ -148,6 +148,25 @@ def split(cases: list[Case], seed: int, test_fraction: float) -> tuple[list[Case
     return [cases[i] for i in train], [cases[i] for i in test]
 
 
+def nested_subset(cases: list[Case], fraction: float, seed: int) -> list[Case]:
+    """A stratified share of ``cases`` for a learning curve.
+
+    Each class is permuted once by ``seed``, and a share takes the first
+    ``round(fraction * n)`` (at least one) of that order: with the same seed a smaller
+    share is a subset of a larger one, so the points of a curve differ only by the cases
+    added, not by a fresh draw.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    out: list[Case] = []
+    for label in LABELS:
+        group = [c for c in cases if c.label == label]
+        order = rng.permutation(len(group))
+        out += [group[i] for i in order[:max(1, int(round(fraction * len(group))))]]
+    return out
+
+
 def split_indices(labels: list[str], seed: int, test_fraction: float
                   ) -> tuple[list[int], list[int]]:
     """Positions of the training and held-out cases, stratified by label.

@@ -3,6 +3,7 @@
     python -m training.earl.train --n-per-class 300 --out models/earl/1.0.0 \
         [--workers 16] [--epochs 20] [--seed 20261126] [--device auto] [--compare-paper]
         [--variants edgenet,pre2+vox,pre3+vox+aux] [--val-fraction 0.15]
+        [--train-fractions 0.25,0.5]
     python -m training.earl.train --real-labels labels.csv [--cv 5] --out models/earl/2.0.0 \
         [--workers 16] [--epochs 20] [--seed 20261126] [--device auto] [--compare-paper]
 
@@ -20,6 +21,12 @@ numbers of every variant are recorded but never choose. A variant is ``edgenet``
 ``paper`` (the architecture, preprocessing ``earl-pre-1``) or ``preN`` (EdgeNet on
 preprocessing ``earl-pre-N``) with ``+vox`` (voxel-size input) and/or ``+aux``
 (auxiliary FWHM / overshoot / COV regression); see :mod:`qcd.analyzers.earl.model`.
+
+``--train-fractions`` adds a learning curve: the chosen variant is trained again on
+nested, stratified shares of the training cases and scored on the same held-out cases
+(``learning_curve`` in ``model.json``, a table in the card). It answers whether more
+simulated cases would help before a larger run is paid for; the shipped model is always
+the one trained on all training cases.
 
 With ``--real-labels`` the cases are real reconstructions listed in a label table
 (``training.earl.real``); the metrics are then from cross-validation grouped by patient
@@ -60,6 +67,7 @@ from training.earl.cases import (
     Variant,
     stage_inputs,
     make_cases,
+    nested_subset,
     split,
 )
 
@@ -213,23 +221,67 @@ def save_bundle(out: Path, model: EarlModel, architecture: str | Variant,
     return spec
 
 
+def learning_curve(train: list[Case], test: list[Case], variant: Variant,
+                   fractions: list[float], full: dict[str, Any], epochs: int,
+                   device: torch.device, seed: int) -> list[dict[str, Any]]:
+    """Held-out metrics of ``variant`` trained on nested shares of ``train``.
+
+    ``full`` is the metrics of the model trained on all of ``train`` (the last point).
+    Every point uses the same seed, epochs and held-out cases.
+    """
+    keys = ("stage1_accuracy", "stage2_accuracy", "accuracy_per_class", "train_seconds")
+    curve = []
+    for fraction in sorted(f for f in fractions if f < 1):
+        share = nested_subset(train, fraction, seed + 2)
+        t0 = time.time()
+        model = fit(share, variant, epochs, device, seed)
+        metrics = evaluate(model, test, torch.device("cpu"), Thresholds(), variant)
+        metrics["train_seconds"] = round(time.time() - t0, 1)
+        LOGGER.info("learning curve %.2f (%d cases): stage 1 %.4f, stage 2 %.4f", fraction,
+                    len(share), metrics["stage1_accuracy"], metrics["stage2_accuracy"])
+        curve.append({"fraction": fraction, "n_train_cases": len(share)}
+                     | {k: metrics[k] for k in keys})
+    curve.append({"fraction": 1.0, "n_train_cases": len(train)}
+                 | {k: full[k] for k in keys if k in full})
+    return curve
+
+
+def parse_fractions(text: str) -> list[float]:
+    """``"0.25,0.5"`` -> [0.25, 0.5]; each share must lie in (0, 1]."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--train-fractions: not a comma-separated list of numbers: "
+                         f"{text!r}") from None
+    bad = [v for v in values if not 0 < v <= 1]
+    if bad:
+        raise ValueError(f"--train-fractions: shares must lie in (0, 1], got {bad}")
+    return values
+
+
 def write_bundle(out: Path, model: EarlModel, variant: Variant, metrics: dict[str, Any],
                  comparison: dict[str, Any], args: argparse.Namespace, n_train: int,
-                 n_test: int, seconds: float, n_val: int = 0) -> None:
+                 n_test: int, seconds: float, n_val: int = 0,
+                 curve: list[dict[str, Any]] | None = None) -> None:
     from training.earl.card import model_card
 
     command = (f"python -m training.earl.train --n-per-class {args.n_per_class} "
                f"--epochs {args.epochs} --seed {args.seed}")
     if args.variants:
         command += f" --variants {args.variants} --val-fraction {args.val_fraction}"
+    if args.train_fractions:
+        command += f" --train-fractions {args.train_fractions}"
     training = {"seed": args.seed, "epochs": args.epochs, "n_train_cases": n_train,
                 "n_test_cases": n_test, "data": "simulated FDG PET, see MODEL_CARD.md",
                 "trained_on": args.device_name, "seconds": round(seconds, 1),
                 "date": dt.date.today().isoformat(), "command": command}
     if n_val:
         training |= {"n_val_cases": n_val, "chosen_variant": variant.name}
+    extra: dict[str, Any] = {"architecture_comparison": comparison}
+    if curve:
+        extra["learning_curve"] = curve
     save_bundle(out, model, variant, training, {"held_out_simulated": metrics},
-                model_card, architecture_comparison=comparison)
+                model_card, **extra)
 
 
 def train_real(args: argparse.Namespace, device: torch.device, started: float) -> int:
@@ -290,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
                         "edgenet,pre2+vox,pre3+vox+aux (see the module docstring)")
     p.add_argument("--val-fraction", type=float, default=0.15,
                    help="share of the training cases that chooses between variants")
+    p.add_argument("--train-fractions", default="",
+                   help="learning curve: also train the chosen variant on these nested "
+                        "shares of the training cases, e.g. 0.25,0.5 (simulated data only)")
     p.add_argument("--real-labels", type=Path, metavar="CSV",
                    help="train on the real cases of this label table (path,label,group; see "
                         "training/earl/real.py) instead of simulating")
@@ -306,12 +361,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = False
     started = time.time()
     if args.real_labels is not None:
+        if args.train_fractions:
+            p.error("--train-fractions is for simulated cases; real cases are cross-validated")
         return train_real(args, device, started)
     names = [v for v in (args.variants or "").split(",") if v.strip()] or ["edgenet"]
     if args.compare_paper and "paper" not in names:
         names.append("paper")
     try:
         variants = [Variant.parse(n) for n in names]
+        fractions = parse_fractions(args.train_fractions)
     except ValueError as exc:
         p.error(str(exc))
     versions = tuple(dict.fromkeys(v.preprocessing for v in variants))
@@ -354,8 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False
         metrics["gpu_parity"] = gpu_parity(model, test, Thresholds(), variant)
         LOGGER.info("GPU parity: %s", metrics["gpu_parity"])
+    curve = (learning_curve(train, test, variant, fractions, metrics, args.epochs, device,
+                            args.seed) if fractions else None)
     write_bundle(args.out, model, variant, metrics, comparison, args, len(train), len(test),
-                 time.time() - started, len(val))
+                 time.time() - started, len(val), curve)
     LOGGER.info("wrote %s (variant %s)", args.out, variant.name)
     return 0
 
