@@ -110,6 +110,30 @@ def test_proposal_source_reads_the_box_without_drawing() -> None:
     assert an.proposal_source(np.random.default_rng(0), None) == "prior"
 
 
+def test_sim2_adds_the_over_smoothed_negatives_and_sim1_is_unchanged() -> None:
+    """sim-2 proposes clinical near misses from three boxes (45%), one of them too blurry
+    for EARL1; sim-1 draws exactly what it drew before the scheme had a name."""
+    sources: dict[str, int] = {}
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        source = an.proposal_source(rng, "clinical", "sim-2")
+        p = sim.sample_params(rng, "clinical", "sim-2")
+        sources[source] = sources.get(source, 0) + 1
+        if source != "prior":
+            box = {**sim.BOXES, "blurry": sim.BLURRY_BOX}[source]
+            assert box["fwhm_mm"][0] <= p.fwhm_mm <= box["fwhm_mm"][1]
+            assert box["overshoot"][0] <= p.overshoot <= box["overshoot"][1]
+            assert box["cov"][0] <= p.cov <= box["cov"][1]
+        legacy = sim.sample_params(np.random.default_rng(seed), "clinical")
+        assert legacy == sim.sample_params(np.random.default_rng(seed), "clinical", "sim-1")
+    assert set(sources) == {"prior", "EARL1", "EARL2", "blurry"}
+    assert 105 <= 300 - sources["prior"] <= 165  # 45% of 300 = 135
+    assert sim.sample_params(np.random.default_rng(3), "EARL1", "sim-2") == sim.sample_params(
+        np.random.default_rng(3), "EARL1", "sim-1")  # only clinical proposals differ
+    with pytest.raises(ValueError, match="unknown EARL sampler 'sim-9'"):
+        sim.sample_params(np.random.default_rng(0), "clinical", "sim-9")
+
+
 def test_recording_proposals_changes_no_draw() -> None:
     plain = sim._sample_labelled(np.random.default_rng(11), "clinical")
     sources: list[str] = []

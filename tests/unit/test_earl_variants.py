@@ -176,22 +176,26 @@ def test_nested_subset_is_stratified_and_nested() -> None:
 
 def test_train_fractions_record_a_learning_curve(tmp_path: Path) -> None:
     """Tiny CPU run: the curve's points use nested shares and the same held-out cases,
-    its last point is the shipped model, and the card tables it."""
+    its last point is the shipped model, and the card tables it. The run also records
+    its proposal scheme (``--sampler``), which the error analysis reads back."""
+    from training.earl.analyze import _sampler
     from training.earl.train import main
 
     torch.set_num_threads(1)
-    out = tmp_path / "earl"
+    out = tmp_path / "models" / "earl" / "1.0.0"
     assert main(["--n-per-class", "4", "--epochs", "1", "--workers", "1", "--device", "cpu",
                  "--train-fractions", "0.5", "--test-fraction", "0.25", "--seed", "5",
-                 "--out", str(out)]) == 0
+                 "--sampler", "sim-2", "--out", str(out)]) == 0
     spec = json.loads((out / "model.json").read_text())
     curve = spec["learning_curve"]
     assert [p["fraction"] for p in curve] == [0.5, 1.0]
     assert [p["n_train_cases"] for p in curve] == [6, 9]
     held_out = spec["metrics"]["held_out_simulated"]
     assert curve[-1]["stage1_accuracy"] == held_out["stage1_accuracy"]
-    assert "--train-fractions 0.5" in spec["training"]["command"]
+    assert "--train-fractions 0.5 --sampler sim-2" in spec["training"]["command"]
+    assert spec["training"]["sampler"] == "sim-2" and _sampler(str(out)) == "sim-2"
     card = (out / "MODEL_CARD.md").read_text()
+    assert "Proposal scheme `sim-2`" in card
     assert "## Learning curve (same held-out cases)" in card
     assert "| 0.50 | 6 |" in card and "| 1.00 | 9 |" in card
     with pytest.raises(SystemExit):

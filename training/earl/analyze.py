@@ -217,19 +217,21 @@ def balanced_head(tasks: Sequence[Task], limit: int | None) -> list[Task]:
     return turns[:limit]
 
 
-def proposal_source(rng: np.random.Generator, label: str | None) -> str:
+def proposal_source(rng: np.random.Generator, label: str | None,
+                    sampler: str = simulate.DEFAULT_SAMPLER) -> str:
     """The box :func:`training.earl.simulate.sample_params` will draw from with ``rng``.
 
     Read from a copy of ``rng`` (which is not advanced), following ``sample_params``'s
-    own first draws: a clinical proposal is a hard negative from an EARL box with
-    probability ``HARD_NEGATIVE_FRACTION``.
+    own first draws: a clinical proposal is a hard negative from one of the ``sampler``'s
+    negative boxes (:func:`training.earl.simulate.negative_boxes`) with its share.
     """
     if label in simulate.BOXES:
         return str(label)
     if label == "clinical":
+        share, negatives = simulate.negative_boxes(sampler)
         probe = copy.deepcopy(rng)
-        if probe.random() < simulate.HARD_NEGATIVE_FRACTION:
-            return str(probe.choice(sorted(simulate.BOXES)))
+        if probe.random() < share:
+            return str(probe.choice(sorted(negatives)))
     return "prior"
 
 
@@ -243,9 +245,10 @@ def recording_proposals(sources: list[str]) -> Iterator[None]:
     """
     original = simulate.sample_params
 
-    def recording(rng: np.random.Generator, label: str | None = None) -> ReconParams:
-        sources.append(proposal_source(rng, label))
-        return original(rng, label)
+    def recording(rng: np.random.Generator, label: str | None = None,
+                  sampler: str = simulate.DEFAULT_SAMPLER) -> ReconParams:
+        sources.append(proposal_source(rng, label, sampler))
+        return original(rng, label, sampler)
 
     simulate.sample_params = recording  # type: ignore[assignment]
     try:
@@ -259,6 +262,15 @@ def _model(bundle_dir: str) -> EarlModel:
     """The bundle's checksum-verified model (loaded once per process)."""
     path = Path(bundle_dir)
     return load_model(load_bundle(path.parent.parent, path.parent.name, path.name))
+
+
+@functools.lru_cache(maxsize=2)
+def _sampler(bundle_dir: str) -> str:
+    """The proposal scheme the bundle's simulated cases came from (sim-1 before it was
+    recorded)."""
+    path = Path(bundle_dir)
+    spec = load_bundle(path.parent.parent, path.parent.name, path.name).spec
+    return simulate.check_sampler(str(spec.get("training", {}).get("sampler", "sim-1")))
 
 
 @functools.lru_cache(maxsize=2)
@@ -279,7 +291,8 @@ def analyze_case(task: Task, bundle_dir: str, relabels: int) -> CaseResult:
     sources: list[str] = []
     variant = _variant(bundle_dir)
     with recording_proposals(sources):
-        case = make_case((task.seed, task.label), (variant.preprocessing,))
+        case = make_case((task.seed, task.label), (variant.preprocessing,),
+                         _sampler(bundle_dir))
     if case.rc is None or not sources:
         raise RuntimeError(f"case {task} came back without its phantom RCs or proposals")
     p_earl, p_earl2 = case_probabilities(_model(bundle_dir), [case], torch.device("cpu"),
@@ -377,8 +390,9 @@ def summarise(results: Sequence[CaseResult], t: Thresholds) -> dict[str, Any]:
             "earl_called_clinical": {c: m["confusion"][c]["clinical"] for c in ("EARL1", "EARL2")}},
         "clinical_by_source": [
             {"source": s, **_rate(rows, t), "stability": _mean([r.stage1_stability for r in rows])}
-            for s in ("prior", "EARL1", "EARL2")
-            for rows in [[r for r in clinical if r.source == s]]],
+            for s in ("prior", "EARL1", "EARL2", "blurry")
+            for rows in [[r for r in clinical if r.source == s]]
+            if s != "blurry" or rows],  # sim-2's box is listed only where it was used
         "clinical_by_group": [
             {"group": g, **_rate(rows, t),
              "stable_errors": sum(stable(r) for r in bad) if k else None,

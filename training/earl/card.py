@@ -20,7 +20,8 @@ def _margin_bin(lo: float, hi: float | None) -> str:
 def error_analysis_tables(summary: dict[str, Any]) -> str:
     """Markdown tables of a ``training.earl.analyze`` summary (stage 1 unless named)."""
     source_name = {"prior": "drawn from the prior", "EARL1": "hard negative from the EARL1 box",
-                   "EARL2": "hard negative from the EARL2 box"}
+                   "EARL2": "hard negative from the EARL2 box",
+                   "blurry": "hard negative from the over-smoothed box (sim-2)"}
     stab = summary["labels"] is not None
     out = ["| clinical cases by proposal | n | stage-1 errors | label stability |",
            "|---|---|---|---|"]
@@ -212,6 +213,17 @@ def _learning_curve(spec: dict[str, Any]) -> str:
             f"|---|---|---|---|---|\n{rows}\n\n")
 
 
+def _sampler_text(sampler: str) -> str:
+    """How the clinical cases' hard negatives were proposed (``training.earl.simulate``)."""
+    if sampler == "sim-1":
+        return ("Proposal scheme `sim-1`: 30% of the clinical cases are near misses drawn "
+                "from the EARL1 and EARL2 parameter boxes.")
+    return (f"Proposal scheme `{sampler}`: 45% of the clinical cases are near misses drawn "
+            "in equal shares from the EARL1 and EARL2 parameter boxes and from an "
+            "over-smoothed box (FWHM 8-11 mm, little overshoot, low noise: reconstructions "
+            "too blurry for EARL1).")
+
+
 def model_card(spec: dict[str, Any]) -> str:
     m = spec["metrics"]["held_out_simulated"]
     t = spec["training"]
@@ -273,6 +285,7 @@ PSF-like edge overshoot (difference of Gaussians, a = 0-0.5) and correlated nois
 (COV 3-20%). **Labels by physics:** the NEMA IEC body phantom is rendered with the same
 parameters and its recovery coefficients (RCmax, RCmean A50) are compared with the EARL1
 and EARL2 bands (background COV <= 15% for the compliant classes), as accreditation does.
+{_sampler_text(t.get('sampler', 'sim-1'))}
 {t['n_train_cases']} training and {t['n_test_cases']} held-out cases (balanced classes, split
 by case), seed {t['seed']}, {t['epochs']} epochs, trained on {t['trained_on']} in
 {t['seconds']} s. Reproduce: `{t['command']}`.

@@ -91,14 +91,16 @@ class Variant:
                    bool(options.get("voxel_input")), bool(options.get("aux")))
 
 
-def make_case(task: tuple[int, str], versions: tuple[str, ...] = (PREPROCESSING_VERSION,)
-              ) -> Case:
+def make_case(task: tuple[int, str], versions: tuple[str, ...] = (PREPROCESSING_VERSION,),
+              sampler: str | None = None) -> Case:
     """Simulate one case and preprocess it with each of ``versions`` (the first is the
-    case's own ``s1``/``s2``); runs in a worker process."""
-    from training.earl.simulate import simulate_case
+    case's own ``s1``/``s2``); ``sampler`` is a :data:`training.earl.simulate.SAMPLERS`
+    version (default: the default one). Runs in a worker process."""
+    from training.earl.simulate import DEFAULT_SAMPLER, simulate_case
 
     seed, label = task
-    volume, params, got, rc = simulate_case(np.random.default_rng(seed), label)
+    volume, params, got, rc = simulate_case(np.random.default_rng(seed), label,
+                                            sampler or DEFAULT_SAMPLER)
     prepared = {}
     for version in versions:
         s1, _, s2, _ = prepare(volume, params.voxel_mm, version)
@@ -116,8 +118,9 @@ def case_tasks(n_per_class: int, seed: int) -> list[tuple[int, str]]:
 
 
 def make_cases(n_per_class: int, seed: int, workers: int,
-               versions: tuple[str, ...] = (PREPROCESSING_VERSION,)) -> list[Case]:
-    tasks = [(t, versions) for t in case_tasks(n_per_class, seed)]
+               versions: tuple[str, ...] = (PREPROCESSING_VERSION,),
+               sampler: str | None = None) -> list[Case]:
+    tasks = [(t, versions, sampler) for t in case_tasks(n_per_class, seed)]
     if workers <= 1:
         return [make_case(*t) for t in tasks]
     with mp.get_context("spawn").Pool(workers) as pool:

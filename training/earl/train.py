@@ -70,6 +70,7 @@ from training.earl.cases import (
     nested_subset,
     split,
 )
+from training.earl.simulate import DEFAULT_SAMPLER, SAMPLERS
 
 LOGGER = logging.getLogger("training.earl")
 VERSION = "1.0.0"
@@ -271,10 +272,13 @@ def write_bundle(out: Path, model: EarlModel, variant: Variant, metrics: dict[st
         command += f" --variants {args.variants} --val-fraction {args.val_fraction}"
     if args.train_fractions:
         command += f" --train-fractions {args.train_fractions}"
+    if args.sampler != DEFAULT_SAMPLER:
+        command += f" --sampler {args.sampler}"
     training = {"seed": args.seed, "epochs": args.epochs, "n_train_cases": n_train,
                 "n_test_cases": n_test, "data": "simulated FDG PET, see MODEL_CARD.md",
                 "trained_on": args.device_name, "seconds": round(seconds, 1),
-                "date": dt.date.today().isoformat(), "command": command}
+                "date": dt.date.today().isoformat(), "command": command,
+                "sampler": args.sampler}
     if n_val:
         training |= {"n_val_cases": n_val, "chosen_variant": variant.name}
     extra: dict[str, Any] = {"architecture_comparison": comparison}
@@ -345,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-fractions", default="",
                    help="learning curve: also train the chosen variant on these nested "
                         "shares of the training cases, e.g. 0.25,0.5 (simulated data only)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                   help="proposal scheme of the simulated cases (training.earl.simulate."
+                        "SAMPLERS; recorded in the bundle)")
     p.add_argument("--real-labels", type=Path, metavar="CSV",
                    help="train on the real cases of this label table (path,label,group; see "
                         "training/earl/real.py) instead of simulating")
@@ -373,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     versions = tuple(dict.fromkeys(v.preprocessing for v in variants))
-    cases = make_cases(args.n_per_class, args.seed, args.workers, versions)
+    cases = make_cases(args.n_per_class, args.seed, args.workers, versions, args.sampler)
     LOGGER.info("simulated %d cases (preprocessing %s) in %.0f s: %s", len(cases),
                 ", ".join(versions), time.time() - started,
                 {t: sum(c.label == t for c in cases) for t in LABELS})

@@ -1,0 +1,71 @@
+"""training.earl.protocols: the EARL bundle on reconstructions that mimic vendor protocols."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcd.analyzers.earl.decision import Thresholds
+from qcd.bundles import SHIPPED_MODELS
+from training.earl import protocols as pr
+
+SHIPPED = SHIPPED_MODELS / "earl" / "1.0.0"
+
+
+@pytest.mark.parametrize("name", sorted(pr.FAMILIES))
+def test_family_draws_stay_in_their_recipe(name: str) -> None:
+    family = pr.FAMILIES[name]
+    rng = np.random.default_rng(1)
+    lo = math.hypot(family.system_fwhm_mm[0], family.filter_fwhm_mm[0])
+    hi = math.hypot(family.system_fwhm_mm[1], family.filter_fwhm_mm[1])
+    for _ in range(200):
+        p = family.draw(rng)
+        assert lo <= p.fwhm_mm <= hi
+        assert family.overshoot[0] <= p.overshoot <= family.overshoot[1]
+        assert family.cov[0] <= p.cov <= family.cov[1]
+        assert p.voxel_mm[1] == p.voxel_mm[2] and p.voxel_mm[1] in family.in_plane_mm
+        assert 2.0 <= p.voxel_mm[0] <= 4.0
+    if name == "no_psf_6_8mm_filter":  # no PSF, no overshoot
+        assert family.overshoot == (0.0, 0.0)
+
+
+def test_summary_counts_labels_predictions_and_stage1() -> None:
+    cases = [
+        {"family": "psf_tof_no_filter", "label": "clinical", "p_earl": 0.1, "p_earl2": 0.9,
+         "fwhm_mm": 4.0},
+        {"family": "no_psf_6_8mm_filter", "label": "EARL1", "p_earl": 0.9, "p_earl2": 0.1,
+         "fwhm_mm": 8.0},
+        {"family": "no_psf_6_8mm_filter", "label": "clinical", "p_earl": 0.8, "p_earl2": 0.2,
+         "fwhm_mm": 9.5},
+    ]
+    s = pr.summarise(cases, Thresholds())
+    assert s["psf_tof_no_filter"]["stage1_accuracy"] == 1.0
+    b = s["no_psf_6_8mm_filter"]
+    assert b["labels"] == {"EARL1": 1, "clinical": 1} and b["predicted"] == {"EARL1": 2}
+    assert b["stage1_accuracy"] == 0.5 and b["fwhm_mm"] == [8.0, 9.5]
+    assert s["psf_tof_0_5mm_filter"]["n"] == 0 and s["psf_tof_0_5mm_filter"]["stage1_accuracy"] is None
+    assert s["all"]["n"] == 3 and s["all"]["stage1_accuracy"] == pytest.approx(2 / 3)
+    table = pr.markdown(s)
+    assert "| no_psf_6_8mm_filter | 2 | EARL1 1, clinical 1 | 8.0-9.5 | 50.0% | 50.0% |" in table
+    assert "| psf_tof_0_5mm_filter | 0 |  | - | - | - |" in table
+
+
+def test_run_on_the_shipped_bundle_is_seeded(tmp_path: Path) -> None:
+    """One case per family through the daemon's preprocessing and the shipped weights;
+    the same task gives the same case again (labels come from the phantom, not the name)."""
+    out = tmp_path / "protocols.json"
+    assert pr.main(["--bundle", str(SHIPPED), "--n", "1", "--seed", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["bundle"]["version"] == "1.0.0"
+    assert [report["summary"][f]["n"] for f in pr.FAMILIES] == [1, 1, 1]
+    first = report["cases"][0]
+    assert first["label"] in ("clinical", "EARL1", "EARL2") and 0 <= first["p_earl"] <= 1
+    again = pr.protocol_case((3, first["family"], 0), str(SHIPPED.resolve()))
+    assert again == first
+    assert out.with_suffix(".md").read_text().startswith("| family | cases |")
+    with pytest.raises(SystemExit):
+        pr.main(["--bundle", str(SHIPPED), "--n", "0", "--out", str(out)])

@@ -1,0 +1,179 @@
+"""An EARL bundle on reconstructions that mimic vendor protocols, not the training prior.
+
+    python -m training.earl.protocols --bundle models/earl/1.0.0 [--n 60] [--workers 2] \
+        [--seed 0] --out protocols.json
+
+The training prior (``training.earl.simulate.PRIOR``) draws resolution, overshoot and
+noise uniformly, so its held-out accuracy says little about the reconstructions sites
+actually run. This module draws them from three families built from SCIENCE.md 1c
+(typical clinical reconstructions; the rule of thumb that EARL1 is met without PSF, with
+4 mm voxels and a 6-8 mm Gaussian filter, and EARL2 with PSF/TOF, 2-4 mm voxels and a
+0-5 mm filter). A family's effective FWHM is the scanner's system resolution and its
+post-filter added in quadrature; PSF reconstructions get a DoG overshoot. These mappings
+are modelling assumptions (SCIENCE.md grade [M]), not measurements.
+
+Each case is labelled by the same phantom physics as the training cases
+(:func:`training.earl.simulate.label_params`): a family name says how the reconstruction
+was made, never which class it is. The case then goes through the daemon's preprocessing
+and the bundle's weights on the CPU, as ``training.earl.analyze`` does. The report gives,
+per family, the physics labels found and the model's stage-1 accuracy against them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import logging
+import math
+import multiprocessing as mp
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import torch
+
+from qcd.analyzers.earl.decision import Thresholds, decide
+from qcd.analyzers.earl.phantom import ReconParams, apply_recon
+from qcd.analyzers.earl.preprocess import prepare
+from qcd.bundles import load_bundle
+from training.earl.analyze import _model, _variant, _worker_init
+from training.earl.cases import Case
+from training.earl.simulate import SLICE_MM, Z_EXTENT_MM, label_params, render_body
+from training.earl.train import case_probabilities
+
+LOGGER = logging.getLogger("training.earl.protocols")
+SALT: Final = 7070
+"""Case ``i`` of family ``k`` draws from ``default_rng([seed, k, i, SALT])``."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a kind of reconstruction is made, as ranges the draws are uniform in."""
+
+    description: str
+    in_plane_mm: tuple[float, ...]
+    system_fwhm_mm: tuple[float, float]
+    filter_fwhm_mm: tuple[float, float]
+    overshoot: tuple[float, float]
+    cov: tuple[float, float]
+
+    def draw(self, rng: np.random.Generator) -> ReconParams:
+        """One reconstruction of this family (FWHM = system and filter in quadrature)."""
+        in_plane = float(rng.choice(self.in_plane_mm))
+        slice_mm = round(float(rng.uniform(*SLICE_MM)), 2)
+        fwhm = math.hypot(float(rng.uniform(*self.system_fwhm_mm)),
+                          float(rng.uniform(*self.filter_fwhm_mm)))
+        return ReconParams((slice_mm, in_plane, in_plane), fwhm,
+                           float(rng.uniform(*self.overshoot)), float(rng.uniform(*self.cov)))
+
+
+FAMILIES: Final = {
+    "psf_tof_no_filter": Family(
+        "PSF+TOF OSEM, no or a 2 mm post-filter (Siemens mCT 3i21s, GE D710, Philips Vereos; "
+        "SCIENCE 1c)", (2.0, 2.7, 4.0), (3.5, 5.0), (0.0, 2.0), (0.2, 0.5), (0.06, 0.15)),
+    "no_psf_6_8mm_filter": Family(
+        "OSEM without PSF, 6-8 mm Gaussian post-filter (the usual EARL1 recipe; SCIENCE 1c)",
+        (2.7, 3.0, 4.0), (4.5, 6.0), (6.0, 8.0), (0.0, 0.0), (0.04, 0.08)),
+    "psf_tof_0_5mm_filter": Family(
+        "PSF+TOF OSEM, 0-5 mm Gaussian post-filter (the usual EARL2 recipe; SCIENCE 1c)",
+        (2.0, 2.7, 3.0, 4.0), (4.0, 5.0), (0.0, 5.0), (0.1, 0.4), (0.05, 0.12)),
+}
+
+
+def protocol_case(task: tuple[int, str, int], bundle_dir: str) -> dict[str, Any]:
+    """Draw, label, simulate and classify one case of a family (runs in a worker)."""
+    seed, family, index = task
+    rng = np.random.default_rng([seed, list(FAMILIES).index(family), index, SALT])
+    params = FAMILIES[family].draw(rng)
+    label, _ = label_params(params, rng)
+    body = render_body(params, rng, shape_mm=(float(rng.uniform(*Z_EXTENT_MM)), 260.0, 160.0))
+    variant = _variant(bundle_dir)
+    s1, _, s2, _ = prepare(apply_recon(body, params, rng), params.voxel_mm,
+                           variant.preprocessing)
+    case = Case(s1.astype(np.float16), s2.astype(np.float16), label,
+                {"voxel_mm": list(params.voxel_mm), "preprocessing": variant.preprocessing})
+    p_earl, p_earl2 = case_probabilities(_model(bundle_dir), [case], torch.device("cpu"),
+                                         variant=variant)[0]
+    return {"family": family, "index": index, "label": label, "p_earl": p_earl,
+            "p_earl2": p_earl2, "voxel_mm": list(params.voxel_mm), "fwhm_mm": params.fwhm_mm,
+            "overshoot": params.overshoot, "cov": params.cov}
+
+
+def summarise(cases: Sequence[dict[str, Any]], thresholds: Thresholds) -> dict[str, Any]:
+    """Per family (and over all): physics labels, predictions and stage-1 accuracy."""
+    def block(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        predicted = [decide(r["p_earl"], r["p_earl2"] if r["p_earl"] >= thresholds.stage1
+                            else None, thresholds) for r in rows]
+        stage1 = [(r["p_earl"] >= thresholds.stage1) == (r["label"] != "clinical")
+                  for r in rows]
+        return {"n": len(rows), "labels": dict(Counter(r["label"] for r in rows)),
+                "predicted": dict(Counter(predicted)),
+                "stage1_accuracy": sum(stage1) / len(rows) if rows else None,
+                "exact_accuracy": (sum(p == r["label"] for p, r in zip(predicted, rows))
+                                   / len(rows) if rows else None),
+                "fwhm_mm": [min(r["fwhm_mm"] for r in rows), max(r["fwhm_mm"] for r in rows)]
+                if rows else None}
+    out = {name: block([c for c in cases if c["family"] == name]) for name in FAMILIES}
+    out["all"] = block(cases)
+    return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The summary as a table (one row per family, then all)."""
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    rows = [f"| {name} | {b['n']} | "
+            + ", ".join(f"{k} {v}" for k, v in sorted(b["labels"].items())) + " | "
+            + (f"{b['fwhm_mm'][0]:.1f}-{b['fwhm_mm'][1]:.1f}" if b["fwhm_mm"] else "-")
+            + f" | {pct(b['stage1_accuracy'])} | {pct(b['exact_accuracy'])} |"
+            for name, b in summary.items()]
+    return ("| family | cases | physics labels | FWHM mm | stage 1 | exact class |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", type=Path, required=True, help="e.g. models/earl/1.0.0")
+    p.add_argument("--n", type=int, default=60, help="cases per family")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="report (JSON; tables beside as .md)")
+    args = p.parse_args(argv)
+    if args.n < 1 or args.workers < 1:
+        p.error("--n and --workers must be >= 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    bundle_dir = args.bundle.resolve()
+    bundle = load_bundle(bundle_dir.parent.parent, bundle_dir.parent.name, bundle_dir.name)
+    tasks = [(args.seed, family, i) for i in range(args.n) for family in FAMILIES]
+    job = functools.partial(protocol_case, bundle_dir=str(bundle_dir))
+    started = time.time()
+    if args.workers == 1:
+        cases = [job(t) for t in tasks]
+    else:
+        with mp.get_context("spawn").Pool(args.workers, initializer=_worker_init) as pool:
+            cases = pool.map(job, tasks)
+    summary = summarise(cases, Thresholds.from_spec(bundle.spec))
+    report = {"bundle": {"name": bundle.name, "version": bundle.version,
+                         "sha256": bundle.sha256},
+              "command": f"python -m training.earl.protocols --bundle {args.bundle} "
+                         f"--n {args.n} --seed {args.seed}",
+              "date": dt.date.today().isoformat(), "seconds": round(time.time() - started, 1),
+              "families": {k: vars(v) for k, v in FAMILIES.items()},
+              "summary": summary, "cases": cases}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(summary)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
