@@ -4,8 +4,9 @@
 #                result latency per analyzer (LATENCY="motion" for some), PARITY=1: CPU/GPU parity
 #   STAGE=train  motion retrain (two variants on the same simulated scans)
 #   STAGE=earl   EARL on simulated cases (EARL_N per class): learning curve of the shares
-#                EARL_FRACTIONS, variants EARL_VARIANTS (validation picks the bundle);
-#                simulation runs on the 16 CPUs
+#                EARL_FRACTIONS, variants EARL_VARIANTS (validation picks the bundle),
+#                proposal scheme EARL_SAMPLER; then the vendor-protocol families
+#                (training.earl.protocols); simulation runs on the 16 CPUs
 # The image there has torch, numpy and scipy; pydicom & co travel as wheels in .whl/.
 # Results land in $OUT as few files (the tool returns at most 8, two folders deep).
 set -uo pipefail
@@ -51,11 +52,15 @@ if [ "$STAGE" = train ]; then
 fi
 if [ "$STAGE" = earl ]; then
   mkdir -p /tmp/t/earl
-  # default: the learning curve of plain EdgeNet (the variants did not beat it on the CPU,
-  # 300 per class, 2026-12-07); EARL_VARIANTS to compare variants instead
-  timeout "${LIMIT:-540}" python3 -m training.earl.train --n-per-class "${EARL_N:-1000}" \
+  # default: the learning curve of plain EdgeNet on sim-2 (the variants did not beat it on
+  # the CPU, 300 per class, 2026-12-07; sim-2 did better on the over-smoothed protocols);
+  # EARL_VARIANTS to compare variants instead
+  timeout "${LIMIT:-480}" python3 -m training.earl.train --n-per-class "${EARL_N:-1000}" \
       --epochs 25 --seed 20261126 --workers 15 --device cuda \
+      --sampler "${EARL_SAMPLER:-sim-2}" \
       --variants "${EARL_VARIANTS:-edgenet}" --train-fractions "${EARL_FRACTIONS:-0.25,0.5}" \
       --out /tmp/t/earl/1.0.0 > "$OUT/earl.log" 2>&1 \
-    && tar czf "$OUT/earl.tar.gz" -C /tmp/t earl
+    && timeout 60 python3 -m training.earl.protocols --bundle /tmp/t/earl/1.0.0 --n 60 \
+      --workers 15 --write-bundle --out /tmp/t/earl/protocols.json >> "$OUT/earl.log" 2>&1
+  tar czf "$OUT/earl.tar.gz" -C /tmp/t earl
 fi

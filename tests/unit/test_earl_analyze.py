@@ -236,6 +236,7 @@ def test_shipped_card_is_what_card_py_writes_and_weights_are_untouched() -> None
     assert "**The stage-1 target cannot be met on this held-out set**" in card
     assert "The model underfits: stage 1 is 86.9% (173/199)" in card
     assert "| between the bands | 21 | 14 | 10 |" in card
+    assert "| no_psf_6_8mm_filter | 60 | EARL1 24, clinical 36 | 7.6-9.9 | 48.3% | 48.3% |" in card
     assert load_bundle(SHIPPED_MODELS, "earl", "1.0.0").sha256 == spec["sha256"]
 
 

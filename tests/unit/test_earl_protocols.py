@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from qcd.analyzers.earl.decision import Thresholds
 from qcd.bundles import SHIPPED_MODELS
 from training.earl import protocols as pr
+from training.earl.card import model_card, protocol_table
 
 SHIPPED = SHIPPED_MODELS / "earl" / "1.0.0"
 
@@ -47,9 +49,10 @@ def test_summary_counts_labels_predictions_and_stage1() -> None:
     b = s["no_psf_6_8mm_filter"]
     assert b["labels"] == {"EARL1": 1, "clinical": 1} and b["predicted"] == {"EARL1": 2}
     assert b["stage1_accuracy"] == 0.5 and b["fwhm_mm"] == [8.0, 9.5]
+    assert b["clinical_called_earl"] == 1 and b["earl_called_clinical"] == 0
     assert s["psf_tof_0_5mm_filter"]["n"] == 0 and s["psf_tof_0_5mm_filter"]["stage1_accuracy"] is None
     assert s["all"]["n"] == 3 and s["all"]["stage1_accuracy"] == pytest.approx(2 / 3)
-    table = pr.markdown(s)
+    table = protocol_table(s)
     assert "| no_psf_6_8mm_filter | 2 | EARL1 1, clinical 1 | 8.0-9.5 | 50.0% | 50.0% |" in table
     assert "| psf_tof_0_5mm_filter | 0 |  | - | - | - |" in table
 
@@ -69,3 +72,36 @@ def test_run_on_the_shipped_bundle_is_seeded(tmp_path: Path) -> None:
     assert out.with_suffix(".md").read_text().startswith("| family | cases |")
     with pytest.raises(SystemExit):
         pr.main(["--bundle", str(SHIPPED), "--n", "0", "--out", str(out)])
+
+
+def test_card_has_the_section_and_limit_only_with_the_block() -> None:
+    spec = json.loads((SHIPPED / "model.json").read_text())
+    block = spec.pop("protocols")
+    bare = model_card(spec)
+    assert "## Vendor-protocol families" not in bare and "protocol family" not in bare
+    spec["protocols"] = block
+    card = model_card(spec)
+    section = card.split("## Vendor-protocol families (simulated)", 1)[1].split("## CPU / GPU")[0]
+    assert f"`{block['command']}`" in section and "| all | 180 |" in section
+    assert "Weakest family: `no_psf_6_8mm_filter`, 27 of 36 clinical cases called EARL" in section
+    limits = card.split("## Limits", 1)[1]
+    assert "- On the `no_psf_6_8mm_filter` protocol family stage 1 is 48.3%" in limits
+
+
+def test_write_bundle_records_the_summary_and_rewrites_the_card(tmp_path: Path) -> None:
+    """On a copy of the shipped bundle: model.json gains the block, the card its section,
+    and the weights (and their checksum) stay as they were."""
+    bundle = tmp_path / "earl" / "1.0.0"
+    shutil.copytree(SHIPPED, bundle)
+    spec = json.loads((bundle / "model.json").read_text())
+    spec.pop("protocols")
+    (bundle / "model.json").write_text(json.dumps(spec))
+    weights = (bundle / "weights.pt").read_bytes()
+    out = tmp_path / "r.json"
+    assert pr.main(["--bundle", str(bundle), "--n", "1", "--seed", "3", "--write-bundle",
+                    "--out", str(out)]) == 0
+    written = json.loads((bundle / "model.json").read_text())
+    assert written["protocols"]["summary"] == json.loads(out.read_text())["summary"]
+    assert written["protocols"]["summary"]["all"]["n"] == 3
+    assert (bundle / "MODEL_CARD.md").read_text() == model_card(written)
+    assert (bundle / "weights.pt").read_bytes() == weights and written["sha256"] == spec["sha256"]

@@ -51,7 +51,7 @@ from qcd.analyzers.earl.model import EarlModel
 from qcd.analyzers.earl.phantom import RecoveryCoefficients, ReconParams
 from qcd.bundles import load_bundle
 from training.earl import simulate
-from training.earl.card import error_analysis_tables, model_card
+from training.earl.card import error_analysis_tables, record
 from training.earl.cases import LABELS, Variant, case_tasks, make_case, split_indices
 from training.earl.train import case_metrics, case_probabilities
 
@@ -460,18 +460,10 @@ def _median(values: Sequence[float]) -> float | None:
 # --- command line ------------------------------------------------------------------------------
 
 def write_error_analysis(bundle_dir: Path, part: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """Store ``entry`` as ``error_analysis[part]`` of the bundle's model.json; rewrite the card.
-
-    Only ``model.json`` and ``MODEL_CARD.md`` change: the weights and their sha256 do not.
-    """
+    """Store ``entry`` as ``error_analysis[part]`` of the bundle's model.json; rewrite the card."""
     if part not in ("held_out", "training_cases"):
         raise ValueError(f"part must be 'held_out' or 'training_cases', got {part!r}")
-    spec_file = bundle_dir / "model.json"
-    spec = json.loads(spec_file.read_text())
-    spec.setdefault("error_analysis", {})[part] = entry
-    spec_file.write_text(json.dumps(spec, indent=2) + "\n")
-    (bundle_dir / "MODEL_CARD.md").write_text(model_card(spec))
-    return spec
+    return record(bundle_dir, ("error_analysis", part), entry)
 
 
 def _command(args: argparse.Namespace) -> str:

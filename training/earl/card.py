@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 
@@ -213,6 +215,60 @@ def _learning_curve(spec: dict[str, Any]) -> str:
             f"|---|---|---|---|---|\n{rows}\n\n")
 
 
+def protocol_table(summary: dict[str, Any]) -> str:
+    """``training.earl.protocols``' summary as a table (one row per family, then all)."""
+    rows = [f"| {name} | {b['n']} | "
+            + ", ".join(f"{k} {v}" for k, v in sorted(b["labels"].items())) + " | "
+            + _span(b["fwhm_mm"], 1) + f" | {_pct(b['stage1_accuracy'])} | "
+            f"{_pct(b['exact_accuracy'])} |"
+            for name, b in summary.items()]
+    return ("| family | cases | physics labels | FWHM mm | stage 1 | exact class |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def _protocols(spec: dict[str, Any]) -> tuple[str, str]:
+    """The vendor-protocol section and its Limits bullet (both empty without the block)."""
+    block = spec.get("protocols")
+    if not block:
+        return "", ""
+    families = {k: v for k, v in block["summary"].items()
+                if k != "all" and v["stage1_accuracy"] is not None}
+    worst = min(families, key=lambda k: families[k]["stage1_accuracy"])
+    section = ("## Vendor-protocol families (simulated)\n"
+               "Held-out cases share the training prior; sites run a few protocols instead. "
+               f"`{block['command']}` ({block['date']}) draws reconstructions from three "
+               "families (SCIENCE.md 1c; effective FWHM = system resolution and post-filter "
+               "in quadrature), labels each by the same phantom physics (a recipe does not "
+               "decide the class) and classifies it with these weights.\n\n"
+               + "".join(f"- `{k}`: {v}\n" for k, v in block["families"].items())
+               + "\n" + protocol_table(block["summary"]) + "\n")
+    w = families[worst]
+    errors = (f"{w['clinical_called_earl']} of {w['labels'].get('clinical', 0)} clinical "
+              f"cases called EARL, {w['earl_called_clinical']} of "
+              f"{w['n'] - w['labels'].get('clinical', 0)} EARL cases called clinical")
+    section += (f"Weakest family: `{worst}`, {errors} (FWHM {_span(w['fwhm_mm'], 1)} mm).\n\n")
+    limit = (f"- On the `{worst}` protocol family stage 1 is {_pct(w['stage1_accuracy'])} "
+             f"({errors}; Vendor-protocol families): check a class on such "
+             "reconstructions against the site's phantom (`qcd earl-phantom`).\n")
+    return section, limit
+
+
+def record(bundle_dir: Path, key: tuple[str, ...], entry: dict[str, Any]) -> dict[str, Any]:
+    """Store ``entry`` under ``key`` in the bundle's model.json and rewrite its card.
+
+    Only ``model.json`` and ``MODEL_CARD.md`` change: the weights and their sha256 do not.
+    """
+    spec_file = bundle_dir / "model.json"
+    spec = json.loads(spec_file.read_text())
+    node = spec
+    for part in key[:-1]:
+        node = node.setdefault(part, {})
+    node[key[-1]] = entry
+    spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+    (bundle_dir / "MODEL_CARD.md").write_text(model_card(spec))
+    return spec
+
+
 def _sampler_text(sampler: str) -> str:
     """How the clinical cases' hard negatives were proposed (``training.earl.simulate``)."""
     if sampler == "sim-1":
@@ -244,6 +300,7 @@ def model_card(spec: dict[str, Any]) -> str:
     if ceiling is not None and not ceiling["target_reachable"]:
         verdict += (f" The phantom labels themselves cap stage 1 at about "
                     f"{_pct(ceiling['accuracy'])} on these cases (Error analysis).")
+    protocols_text, protocols_limit = _protocols(spec)
     analysis_text = (f"## Error analysis (held-out simulated cases)\n"
                      f"{error_analysis_section(analysis)}\n\n" if "held_out" in analysis else "")
     parity = spec.get("gpu_parity", {})
@@ -302,7 +359,7 @@ EARL2, on EARL cases) accuracy: **{_pct(m['stage2_accuracy'])}**; indeterminate:
 
 {comparison}
 
-{_learning_curve(spec)}{analysis_text}## CPU / GPU parity
+{_learning_curve(spec)}{analysis_text}{protocols_text}## CPU / GPU parity
 {parity_text}
 
 ## Limits
@@ -316,4 +373,4 @@ EARL2, on EARL cases) accuracy: **{_pct(m['stage2_accuracy'])}**; indeterminate:
   otherwise the analyzer reports `suv_unavailable` and no class.
 - Near the band edges the phantom label itself is sensitive to noise (SCIENCE 1d); the
   `indeterminate` band exists for that reason.
-"""
+{protocols_limit}"""

@@ -43,6 +43,7 @@ from qcd.analyzers.earl.phantom import ReconParams, apply_recon
 from qcd.analyzers.earl.preprocess import prepare
 from qcd.bundles import load_bundle
 from training.earl.analyze import _model, _variant, _worker_init
+from training.earl.card import protocol_table, record
 from training.earl.cases import Case
 from training.earl.simulate import SLICE_MM, Z_EXTENT_MM, label_params, render_body
 from training.earl.train import case_probabilities
@@ -115,6 +116,10 @@ def summarise(cases: Sequence[dict[str, Any]], thresholds: Thresholds) -> dict[s
         return {"n": len(rows), "labels": dict(Counter(r["label"] for r in rows)),
                 "predicted": dict(Counter(predicted)),
                 "stage1_accuracy": sum(stage1) / len(rows) if rows else None,
+                "clinical_called_earl": sum(r["label"] == "clinical" and not ok
+                                            for r, ok in zip(rows, stage1)),
+                "earl_called_clinical": sum(r["label"] != "clinical" and not ok
+                                            for r, ok in zip(rows, stage1)),
                 "exact_accuracy": (sum(p == r["label"] for p, r in zip(predicted, rows))
                                    / len(rows) if rows else None),
                 "fwhm_mm": [min(r["fwhm_mm"] for r in rows), max(r["fwhm_mm"] for r in rows)]
@@ -124,20 +129,6 @@ def summarise(cases: Sequence[dict[str, Any]], thresholds: Thresholds) -> dict[s
     return out
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    """The summary as a table (one row per family, then all)."""
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}%"
-
-    rows = [f"| {name} | {b['n']} | "
-            + ", ".join(f"{k} {v}" for k, v in sorted(b["labels"].items())) + " | "
-            + (f"{b['fwhm_mm'][0]:.1f}-{b['fwhm_mm'][1]:.1f}" if b["fwhm_mm"] else "-")
-            + f" | {pct(b['stage1_accuracy'])} | {pct(b['exact_accuracy'])} |"
-            for name, b in summary.items()]
-    return ("| family | cases | physics labels | FWHM mm | stage 1 | exact class |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bundle", type=Path, required=True, help="e.g. models/earl/1.0.0")
@@ -145,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="report (JSON; tables beside as .md)")
+    p.add_argument("--write-bundle", action="store_true",
+                   help="store the summary in the bundle's model.json and rewrite its card")
     args = p.parse_args(argv)
     if args.n < 1 or args.workers < 1:
         p.error("--n and --workers must be >= 1")
@@ -160,18 +153,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         with mp.get_context("spawn").Pool(args.workers, initializer=_worker_init) as pool:
             cases = pool.map(job, tasks)
     summary = summarise(cases, Thresholds.from_spec(bundle.spec))
+    entry = {"command": f"python -m training.earl.protocols --bundle {args.bundle} "
+                        f"--n {args.n} --seed {args.seed}",
+             "date": dt.date.today().isoformat(), "seconds": round(time.time() - started, 1),
+             "workers": args.workers,
+             "families": {k: v.description for k, v in FAMILIES.items()}, "summary": summary}
     report = {"bundle": {"name": bundle.name, "version": bundle.version,
                          "sha256": bundle.sha256},
-              "command": f"python -m training.earl.protocols --bundle {args.bundle} "
-                         f"--n {args.n} --seed {args.seed}",
-              "date": dt.date.today().isoformat(), "seconds": round(time.time() - started, 1),
-              "families": {k: vars(v) for k, v in FAMILIES.items()},
-              "summary": summary, "cases": cases}
+              **entry, "family_ranges": {k: vars(v) for k, v in FAMILIES.items()},
+              "cases": cases}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(summary)
+    table = protocol_table(summary)
     args.out.with_suffix(".md").write_text(table)
     print(table)
+    if args.write_bundle:
+        record(bundle_dir, ("protocols",), entry)
+        LOGGER.info("wrote the protocol families into %s", bundle_dir / "model.json")
     return 0
 
 
