@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import json
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,32 @@ def test_sim2_adds_the_over_smoothed_negatives_and_sim1_is_unchanged() -> None:
         np.random.default_rng(3), "EARL1", "sim-1")  # only clinical proposals differ
     with pytest.raises(ValueError, match="unknown EARL sampler 'sim-9'"):
         sim.sample_params(np.random.default_rng(0), "clinical", "sim-9")
+
+
+def test_sim3_splits_the_resolution_into_system_and_post_filter() -> None:
+    """sim-3 proposes what sim-2 does, plus a post-filter that smooths the noise:
+    sqrt(f^2 - system^2) with the system part in SYSTEM_FWHM_MM (or all of f when f is
+    sharper); sim-1 and sim-2 keep the 0.8-voxel grain (noise_fwhm_mm 0)."""
+    filtered = 0
+    for seed in range(200):
+        p3 = sim.sample_params(np.random.default_rng(seed), "clinical", "sim-3")
+        p2 = sim.sample_params(np.random.default_rng(seed), "clinical", "sim-2")
+        assert (p3.fwhm_mm, p3.overshoot, p3.cov, p3.voxel_mm) == (
+            p2.fwhm_mm, p2.overshoot, p2.cov, p2.voxel_mm)
+        assert p2.noise_fwhm_mm == 0.0
+        system = math.sqrt(p3.fwhm_mm ** 2 - p3.noise_fwhm_mm ** 2)
+        if p3.noise_fwhm_mm > 0:
+            filtered += 1
+            assert sim.SYSTEM_FWHM_MM[0] - 1e-9 <= system <= sim.SYSTEM_FWHM_MM[1] + 1e-9
+        else:
+            assert p3.fwhm_mm <= sim.SYSTEM_FWHM_MM[1]
+    assert filtered > 100
+    assert sim.negative_boxes("sim-3") == sim.negative_boxes("sim-2")
+    spec = json.loads((SHIPPED / "model.json").read_text())
+    spec["training"]["sampler"] = "sim-3"
+    assert "post-filter that smooths the noise as well" in model_card(spec)
+    assert "post-filter that smooths" not in model_card({**spec, "training": {
+        **spec["training"], "sampler": "sim-2"}})
 
 
 def test_recording_proposals_changes_no_draw() -> None:

@@ -125,6 +125,38 @@ def test_apply_recon_noise_is_multiplicative_with_requested_cov() -> None:
     assert float(out.mean()) == pytest.approx(1.0, abs=0.01)  # DoG kernel integrates to 1
 
 
+def _lag1(x: np.ndarray) -> float:
+    """Autocorrelation of neighbouring voxels along x (the noise grain)."""
+    d = x - x.mean()
+    return float((d[..., 1:] * d[..., :-1]).mean() / d.var())
+
+
+def test_post_filter_smooths_the_noise_keeps_its_cov_and_zero_changes_nothing() -> None:
+    """A Gaussian post-filter smooths noise as well as signal (sim-3): coarser grain,
+    same COV; with noise_fwhm_mm 0 the draws are those of the model before it."""
+    flat = np.ones((40, 40, 40), np.float32)
+    grain = ReconParams(ISO2, 8.0, 0.0, 0.08)
+    filtered = ReconParams(ISO2, 8.0, 0.0, 0.08, noise_fwhm_mm=6.0)
+    a = ph.apply_recon(flat, grain, np.random.default_rng(4))
+    b = ph.apply_recon(flat, filtered, np.random.default_rng(4))
+    assert float(b.std() / b.mean()) == pytest.approx(0.08, rel=0.05)
+    # Gaussian-smoothed white noise: lag-1 autocorrelation exp(-1 / (4 sigma^2))
+    sigma_b = math.hypot(ph.NOISE_SIGMA_VOXELS, 6.0 / 2.3548 / 2.0)
+    assert _lag1(a) == pytest.approx(math.exp(-1 / (4 * ph.NOISE_SIGMA_VOXELS ** 2)), abs=0.03)
+    assert _lag1(b) == pytest.approx(math.exp(-1 / (4 * sigma_b ** 2)), abs=0.03)  # 0.90
+    legacy = ph.add_noise(flat, 0.08, np.random.default_rng(4))
+    assert np.array_equal(legacy, ph.add_noise(flat, 0.08, np.random.default_rng(4),
+                                               ph.noise_filter_sigma(grain)))
+    assert ph.noise_filter_sigma(filtered) == pytest.approx([6.0 / 2.3548 / 2.0] * 3, rel=1e-3)
+    with pytest.raises(ValueError, match="noise_fwhm_mm"):
+        ReconParams(ISO2, 5.0, noise_fwhm_mm=6.0)  # a filter wider than the whole resolution
+    # the phantom label sees the same noise as the image: expected_rc uses the filter too
+    rc_grain = ph.expected_rc(ReconParams(ISO2, 7.0, 0.0, 0.12), np.random.default_rng(1), 1, 2)
+    rc_filtered = ph.expected_rc(ReconParams(ISO2, 7.0, 0.0, 0.12, 5.0),
+                                 np.random.default_rng(1), 1, 2)
+    assert abs(rc_grain.rc_max[0] - rc_filtered.rc_max[0]) > 0.02  # 1.41 vs 1.33 here
+
+
 @pytest.mark.parametrize(
     "params",
     [ReconParams(ISO2, 6.0, 0.2, 0.10), ReconParams((3.27, 4.0, 4.0), 10.0, 0.0, 0.20),

@@ -35,6 +35,19 @@ def test_family_draws_stay_in_their_recipe(name: str) -> None:
         assert family.overshoot == (0.0, 0.0)
 
 
+def test_filtered_noise_is_the_families_post_filter_and_changes_no_other_draw() -> None:
+    family = pr.FAMILIES["no_psf_6_8mm_filter"]
+    for seed in range(50):
+        voxel = family.draw(np.random.default_rng(seed))
+        filtered = family.draw(np.random.default_rng(seed), "filtered")
+        assert voxel.noise_fwhm_mm == 0.0
+        assert family.filter_fwhm_mm[0] <= filtered.noise_fwhm_mm <= family.filter_fwhm_mm[1]
+        assert (filtered.fwhm_mm, filtered.cov, filtered.voxel_mm) == (
+            voxel.fwhm_mm, voxel.cov, voxel.voxel_mm)
+    with pytest.raises(ValueError, match="noise must be one of"):
+        family.draw(np.random.default_rng(0), "pink")
+
+
 def test_summary_counts_labels_predictions_and_stage1() -> None:
     cases = [
         {"family": "psf_tof_no_filter", "label": "clinical", "p_earl": 0.1, "p_earl2": 0.9,
@@ -77,6 +90,7 @@ def test_run_on_the_shipped_bundle_is_seeded(tmp_path: Path) -> None:
 def test_card_has_the_section_and_limit_only_with_the_block() -> None:
     spec = json.loads((SHIPPED / "model.json").read_text())
     block = spec.pop("protocols")
+    spec.pop("protocols_filtered", None)
     bare = model_card(spec)
     assert "## Vendor-protocol families" not in bare and "protocol family" not in bare
     spec["protocols"] = block
@@ -85,7 +99,12 @@ def test_card_has_the_section_and_limit_only_with_the_block() -> None:
     assert f"`{block['command']}`" in section and "| all | 180 |" in section
     assert "Weakest family: `no_psf_6_8mm_filter`, 27 of 36 clinical cases called EARL" in section
     limits = card.split("## Limits", 1)[1]
-    assert "- On the `no_psf_6_8mm_filter` protocol family stage 1 is 48.3%" in limits
+    assert ("- On the `no_psf_6_8mm_filter` protocol family (noise grain 0.8 voxel at every "
+            "filter) stage 1 is 48.3%") in limits
+    spec["protocols_filtered"] = {**block, "command": block["command"] + " --noise filtered"}
+    both = model_card(spec)
+    assert "### Noise smoothed by the post-filter too\n`" in both
+    assert both.count("Weakest family:") == 2 and both.count("protocol family (") == 2
 
 
 def test_write_bundle_records_the_summary_and_rewrites_the_card(tmp_path: Path) -> None:

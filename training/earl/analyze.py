@@ -111,6 +111,7 @@ class CaseResult:
             "source": self.source, "hard_negative": self.hard_negative, "tries": self.tries,
             "voxel_mm": list(self.params.voxel_mm), "fwhm_mm": self.params.fwhm_mm,
             "overshoot": self.params.overshoot, "cov": self.params.cov,
+            "noise_fwhm_mm": self.params.noise_fwhm_mm,
             "relabels": list(self.relabels), "stability": stability,
             "stage1_stability": self.stage1_stability,
             "rc_margin": phantom.class_margin(self.rc), "group": rc_group(self.rc),
@@ -125,7 +126,7 @@ class CaseResult:
         voxel = d["voxel_mm"]
         return cls(d["label"], int(d["index"]), int(d["seed"]), d["source"], int(d["tries"]),
                    ReconParams((voxel[0], voxel[1], voxel[2]), d["fwhm_mm"], d["overshoot"],
-                               d["cov"]),
+                               d["cov"], d.get("noise_fwhm_mm", 0.0)),
                    RecoveryCoefficients(**rc), float(d["p_earl"]), float(d["p_earl2"]),
                    tuple(d["relabels"]))
 
@@ -298,7 +299,8 @@ def analyze_case(task: Task, bundle_dir: str, relabels: int) -> CaseResult:
     p_earl, p_earl2 = case_probabilities(_model(bundle_dir), [case], torch.device("cpu"),
                                          variant=variant)[0]
     p = case.params
-    params = ReconParams(tuple(p["voxel_mm"]), p["fwhm_mm"], p["overshoot"], p["cov"])
+    params = ReconParams(tuple(p["voxel_mm"]), p["fwhm_mm"], p["overshoot"], p["cov"],
+                         p.get("noise_fwhm_mm", 0.0))
     return CaseResult(case.label, task.index, task.seed, sources[-1], len(sources), params,
                       case.rc, p_earl, p_earl2, tuple(relabel(params, task.seed, relabels)))
 

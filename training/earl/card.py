@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 
 def _pct(x: float | None) -> str:
@@ -226,31 +226,42 @@ def protocol_table(summary: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
+PROTOCOL_KEYS: Final = {"voxel": "protocols", "filtered": "protocols_filtered"}
+"""model.json key of the ``training.earl.protocols`` block per noise model."""
+
+
 def _protocols(spec: dict[str, Any]) -> tuple[str, str]:
-    """The vendor-protocol section and its Limits bullet (both empty without the block)."""
-    block = spec.get("protocols")
-    if not block:
+    """The vendor-protocol section and its Limits bullets (both empty without a block)."""
+    blocks = [(noise, spec[key]) for noise, key in PROTOCOL_KEYS.items() if spec.get(key)]
+    if not blocks:
         return "", ""
-    families = {k: v for k, v in block["summary"].items()
-                if k != "all" and v["stage1_accuracy"] is not None}
-    worst = min(families, key=lambda k: families[k]["stage1_accuracy"])
     section = ("## Vendor-protocol families (simulated)\n"
                "Held-out cases share the training prior; sites run a few protocols instead. "
-               f"`{block['command']}` ({block['date']}) draws reconstructions from three "
+               "`python -m training.earl.protocols` draws reconstructions from three "
                "families (SCIENCE.md 1c; effective FWHM = system resolution and post-filter "
                "in quadrature), labels each by the same phantom physics (a recipe does not "
                "decide the class) and classifies it with these weights.\n\n"
-               + "".join(f"- `{k}`: {v}\n" for k, v in block["families"].items())
-               + "\n" + protocol_table(block["summary"]) + "\n")
-    w = families[worst]
-    errors = (f"{w['clinical_called_earl']} of {w['labels'].get('clinical', 0)} clinical "
-              f"cases called EARL, {w['earl_called_clinical']} of "
-              f"{w['n'] - w['labels'].get('clinical', 0)} EARL cases called clinical")
-    section += (f"Weakest family: `{worst}`, {errors} (FWHM {_span(w['fwhm_mm'], 1)} mm).\n\n")
-    limit = (f"- On the `{worst}` protocol family stage 1 is {_pct(w['stage1_accuracy'])} "
-             f"({errors}; Vendor-protocol families): check a class on such "
-             "reconstructions against the site's phantom (`qcd earl-phantom`).\n")
-    return section, limit
+               + "".join(f"- `{k}`: {v}\n" for k, v in blocks[0][1]["families"].items()))
+    limits = ""
+    for noise, block in blocks:
+        families = {k: v for k, v in block["summary"].items()
+                    if k != "all" and v["stage1_accuracy"] is not None}
+        worst = min(families, key=lambda k: families[k]["stage1_accuracy"])
+        w = families[worst]
+        errors = (f"{w['clinical_called_earl']} of {w['labels'].get('clinical', 0)} clinical "
+                  f"cases called EARL, {w['earl_called_clinical']} of "
+                  f"{w['n'] - w['labels'].get('clinical', 0)} EARL cases called clinical")
+        grain = ("noise grain 0.8 voxel at every filter" if noise == "voxel" else
+                 "noise smoothed by the post-filter too")
+        section += (f"\n### {grain.capitalize()}\n`{block['command']}` ({block['date']})\n\n"
+                    + protocol_table(block["summary"])
+                    + f"\nWeakest family: `{worst}`, {errors} (FWHM {_span(w['fwhm_mm'], 1)} "
+                    "mm).\n")
+        limits += (f"- On the `{worst}` protocol family ({grain}) stage 1 is "
+                   f"{_pct(w['stage1_accuracy'])} ({errors}; Vendor-protocol families): check "
+                   "a class on such reconstructions against the site's phantom "
+                   "(`qcd earl-phantom`).\n")
+    return section + "\n", limits
 
 
 def record(bundle_dir: Path, key: tuple[str, ...], entry: dict[str, Any]) -> dict[str, Any]:
@@ -274,10 +285,15 @@ def _sampler_text(sampler: str) -> str:
     if sampler == "sim-1":
         return ("Proposal scheme `sim-1`: 30% of the clinical cases are near misses drawn "
                 "from the EARL1 and EARL2 parameter boxes.")
-    return (f"Proposal scheme `{sampler}`: 45% of the clinical cases are near misses drawn "
+    text = (f"Proposal scheme `{sampler}`: 45% of the clinical cases are near misses drawn "
             "in equal shares from the EARL1 and EARL2 parameter boxes and from an "
             "over-smoothed box (FWHM 8-11 mm, little overshoot, low noise: reconstructions "
             "too blurry for EARL1).")
+    if sampler == "sim-3":
+        text += (" The effective FWHM is split into a system part (3.5-6 mm) and a Gaussian "
+                 "post-filter that smooths the noise as well, in the phantom and the bodies "
+                 "alike (sim-1 and sim-2 keep a 0.8-voxel noise grain at every resolution).")
+    return text
 
 
 def model_card(spec: dict[str, Any]) -> str:

@@ -43,12 +43,13 @@ from qcd.analyzers.earl.phantom import ReconParams, apply_recon
 from qcd.analyzers.earl.preprocess import prepare
 from qcd.bundles import load_bundle
 from training.earl.analyze import _model, _variant, _worker_init
-from training.earl.card import protocol_table, record
+from training.earl.card import PROTOCOL_KEYS, protocol_table, record
 from training.earl.cases import Case
 from training.earl.simulate import SLICE_MM, Z_EXTENT_MM, label_params, render_body
 from training.earl.train import case_probabilities
 
 LOGGER = logging.getLogger("training.earl.protocols")
+NOISE_MODELS: Final = ("voxel", "filtered")
 SALT: Final = 7070
 """Case ``i`` of family ``k`` draws from ``default_rng([seed, k, i, SALT])``."""
 
@@ -64,14 +65,22 @@ class Family:
     overshoot: tuple[float, float]
     cov: tuple[float, float]
 
-    def draw(self, rng: np.random.Generator) -> ReconParams:
-        """One reconstruction of this family (FWHM = system and filter in quadrature)."""
+    def draw(self, rng: np.random.Generator, noise: str = "voxel") -> ReconParams:
+        """One reconstruction of this family (FWHM = system and filter in quadrature).
+
+        ``noise``: ``voxel`` (noise grain 0.8 voxel whatever the filter, as sim-1/sim-2
+        train on) or ``filtered`` (the post-filter smooths the noise too, as sim-3).
+        """
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
         in_plane = float(rng.choice(self.in_plane_mm))
         slice_mm = round(float(rng.uniform(*SLICE_MM)), 2)
-        fwhm = math.hypot(float(rng.uniform(*self.system_fwhm_mm)),
-                          float(rng.uniform(*self.filter_fwhm_mm)))
+        system = float(rng.uniform(*self.system_fwhm_mm))  # draw order as before noise
+        post_filter = float(rng.uniform(*self.filter_fwhm_mm))
+        fwhm = math.hypot(system, post_filter)
         return ReconParams((slice_mm, in_plane, in_plane), fwhm,
-                           float(rng.uniform(*self.overshoot)), float(rng.uniform(*self.cov)))
+                           float(rng.uniform(*self.overshoot)), float(rng.uniform(*self.cov)),
+                           post_filter if noise == "filtered" else 0.0)
 
 
 FAMILIES: Final = {
@@ -87,11 +96,12 @@ FAMILIES: Final = {
 }
 
 
-def protocol_case(task: tuple[int, str, int], bundle_dir: str) -> dict[str, Any]:
+def protocol_case(task: tuple[int, str, int], bundle_dir: str, noise: str = "voxel"
+                  ) -> dict[str, Any]:
     """Draw, label, simulate and classify one case of a family (runs in a worker)."""
     seed, family, index = task
     rng = np.random.default_rng([seed, list(FAMILIES).index(family), index, SALT])
-    params = FAMILIES[family].draw(rng)
+    params = FAMILIES[family].draw(rng, noise)
     label, _ = label_params(params, rng)
     body = render_body(params, rng, shape_mm=(float(rng.uniform(*Z_EXTENT_MM)), 260.0, 160.0))
     variant = _variant(bundle_dir)
@@ -103,7 +113,8 @@ def protocol_case(task: tuple[int, str, int], bundle_dir: str) -> dict[str, Any]
                                          variant=variant)[0]
     return {"family": family, "index": index, "label": label, "p_earl": p_earl,
             "p_earl2": p_earl2, "voxel_mm": list(params.voxel_mm), "fwhm_mm": params.fwhm_mm,
-            "overshoot": params.overshoot, "cov": params.cov}
+            "overshoot": params.overshoot, "cov": params.cov,
+            "noise_fwhm_mm": params.noise_fwhm_mm}
 
 
 def summarise(cases: Sequence[dict[str, Any]], thresholds: Thresholds) -> dict[str, Any]:
@@ -135,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=60, help="cases per family")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", choices=NOISE_MODELS, default="voxel",
+                   help="noise grain: 0.8 voxel at every filter (voxel, as sim-1/sim-2) or "
+                        "smoothed by the post-filter too (filtered, as sim-3)")
     p.add_argument("--out", type=Path, required=True, help="report (JSON; tables beside as .md)")
     p.add_argument("--write-bundle", action="store_true",
                    help="store the summary in the bundle's model.json and rewrite its card")
@@ -145,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle_dir = args.bundle.resolve()
     bundle = load_bundle(bundle_dir.parent.parent, bundle_dir.parent.name, bundle_dir.name)
     tasks = [(args.seed, family, i) for i in range(args.n) for family in FAMILIES]
-    job = functools.partial(protocol_case, bundle_dir=str(bundle_dir))
+    job = functools.partial(protocol_case, bundle_dir=str(bundle_dir), noise=args.noise)
     started = time.time()
     if args.workers == 1:
         cases = [job(t) for t in tasks]
@@ -153,8 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with mp.get_context("spawn").Pool(args.workers, initializer=_worker_init) as pool:
             cases = pool.map(job, tasks)
     summary = summarise(cases, Thresholds.from_spec(bundle.spec))
+    noise_flag = "" if args.noise == "voxel" else f" --noise {args.noise}"
     entry = {"command": f"python -m training.earl.protocols --bundle {args.bundle} "
-                        f"--n {args.n} --seed {args.seed}",
+                        f"--n {args.n} --seed {args.seed}{noise_flag}",
+             "noise": args.noise,
              "date": dt.date.today().isoformat(), "seconds": round(time.time() - started, 1),
              "workers": args.workers,
              "families": {k: v.description for k, v in FAMILIES.items()}, "summary": summary}
@@ -168,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.with_suffix(".md").write_text(table)
     print(table)
     if args.write_bundle:
-        record(bundle_dir, ("protocols",), entry)
+        record(bundle_dir, (PROTOCOL_KEYS[args.noise],), entry)
         LOGGER.info("wrote the protocol families into %s", bundle_dir / "model.json")
     return 0
 

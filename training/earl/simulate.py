@@ -13,6 +13,7 @@ x patient right -> left.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ BOXES: Final = {
 }
 HARD_NEGATIVE_FRACTION: Final = 0.3
 """Share of 'clinical' proposals drawn from the EARL boxes: near misses teach the boundary."""
-SAMPLERS: Final = ("sim-1", "sim-2")
+SAMPLERS: Final = ("sim-1", "sim-2", "sim-3")
 """Versions of the proposal scheme; a bundle records the one its cases came from.
 
 ``sim-1`` (``models/earl/1.0.0``): clinical hard negatives (30 %) from the EARL1 and
@@ -55,8 +56,15 @@ reconstruction too blurry for EARL1 (RCs below its bands) was ~5 % of the clinic
 and 1.0.0 calls most of them EARL1: on OSEM without PSF with a 6-8 mm filter (the usual
 EARL1 recipe, ``training.earl.protocols``) its stage-1 accuracy was 48 %: 27 of its 31
 errors are such cases (FWHM 7.95-9.8 mm) called EARL. At 300 cases per class sim-2 raised
-that family to 55 % (sim-1 at the same size: 43 %).
+that family to 55 % (sim-1 at the same size: 43 %). ``sim-3`` is sim-2 with a post-filter
+that smooths the noise as well as the signal: the effective FWHM f is split into a
+system part drawn from :data:`SYSTEM_FWHM_MM` and a Gaussian post-filter
+sqrt(f^2 - system^2), which is the noise's ``noise_fwhm_mm``. Under sim-1/sim-2 the noise
+grain is the same (0.8 voxel) at every resolution, unlike a real filtered reconstruction.
 """
+SYSTEM_FWHM_MM: Final = (3.5, 6.0)
+"""Scanner + reconstruction resolution before the post-filter (sim-3; modelling
+assumption from the PSF/non-PSF reconstructions in SCIENCE.md 1c, grade [M])."""
 DEFAULT_SAMPLER: Final = "sim-1"
 BLURRY_BOX: Final = {"fwhm_mm": (8.0, 11.0), "overshoot": (0.0, 0.15), "cov": (0.03, 0.09)}
 """Over-smoothed, low-noise reconstructions without much PSF overshoot (sim-2 negatives)."""
@@ -99,8 +107,12 @@ def sample_params(rng: np.random.Generator, label: str | None = None,
     in_plane = float(rng.choice(IN_PLANE_MM))
     slice_mm = round(float(rng.uniform(*SLICE_MM)), 2)
     draw = {k: float(rng.uniform(*v)) for k, v in box.items()}
+    noise_fwhm = 0.0
+    if sampler == "sim-3":
+        system = min(float(rng.uniform(*SYSTEM_FWHM_MM)), draw["fwhm_mm"])
+        noise_fwhm = math.sqrt(draw["fwhm_mm"] ** 2 - system ** 2)
     return ReconParams((slice_mm, in_plane, in_plane), draw["fwhm_mm"], draw["overshoot"],
-                       draw["cov"])
+                       draw["cov"], noise_fwhm)
 
 
 def label_params(params: ReconParams, rng: np.random.Generator, positions: int = LABEL_POSITIONS,

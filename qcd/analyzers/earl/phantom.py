@@ -74,6 +74,10 @@ class ReconParams:
     fwhm_mm: float
     overshoot: float = 0.0
     cov: float = 0.0
+    noise_fwhm_mm: float = 0.0
+    """Gaussian FWHM (mm) that smooths the noise too: a reconstruction's post-filter acts
+    on noise and signal alike. 0: noise correlated over :data:`NOISE_SIGMA_VOXELS` only
+    (the simulation of the shipped EARL bundle)."""
 
     def __post_init__(self) -> None:
         if len(self.voxel_mm) != 3 or min(self.voxel_mm) <= 0:
@@ -84,6 +88,8 @@ class ReconParams:
             raise ValueError(f"overshoot must be in [0, 1], got {self.overshoot}")
         if not 0.0 <= self.cov < 1.0:
             raise ValueError(f"cov must be in [0, 1), got {self.cov}")
+        if not 0.0 <= self.noise_fwhm_mm <= self.fwhm_mm:
+            raise ValueError(f"noise_fwhm_mm must be in [0, fwhm_mm], got {self.noise_fwhm_mm}")
 
 
 @dataclass(frozen=True)
@@ -125,15 +131,19 @@ def blur(activity: np.ndarray, params: ReconParams) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def add_noise(image: np.ndarray, cov: float, rng: np.random.Generator) -> np.ndarray:
+def add_noise(image: np.ndarray, cov: float, rng: np.random.Generator,
+              filter_sigma_voxels: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
     """Multiply by (1 + cov n), n white noise smoothed by 0.8 voxel and renormalised.
 
-    Multiplicative, so the COV of a uniform region equals ``cov`` whatever its level.
+    ``filter_sigma_voxels`` (per axis) smooths the noise further, in quadrature with the
+    0.8 voxel: a post-filter's effect on the noise texture. Multiplicative, so the COV of
+    a uniform region equals ``cov`` whatever its level.
     """
     if cov <= 0:
         return np.asarray(image, dtype=np.float32)
     noise = rng.standard_normal(image.shape, dtype=np.float32)
-    noise = ndimage.gaussian_filter(noise, NOISE_SIGMA_VOXELS, mode="wrap")
+    sigma = [math.hypot(NOISE_SIGMA_VOXELS, s) for s in filter_sigma_voxels]
+    noise = ndimage.gaussian_filter(noise, sigma, mode="wrap")
     noise *= np.float32(cov / max(float(noise.std()), _EPS))
     noise += 1.0
     noise *= image
@@ -147,7 +157,12 @@ def apply_recon(activity: np.ndarray, params: ReconParams, rng: np.random.Genera
     Shared by the phantom and the simulated patients, so that a label measured on the
     phantom holds for the patient image made with the same parameters.
     """
-    return add_noise(blur(activity, params), params.cov, rng)
+    return add_noise(blur(activity, params), params.cov, rng, noise_filter_sigma(params))
+
+
+def noise_filter_sigma(params: ReconParams) -> list[float]:
+    """Per-axis sigma (voxels) of ``params.noise_fwhm_mm``, the post-filter on the noise."""
+    return [params.noise_fwhm_mm / FWHM_PER_SIGMA / v for v in params.voxel_mm]
 
 
 def _subsamples(lo: int, hi: int, step: float, ss: int) -> np.ndarray:
@@ -530,5 +545,6 @@ def expected_rc(params: ReconParams, rng: np.random.Generator, positions: int,
         activity, geometry = phantom_activity(params, rng)
         blurred = blur(activity, params)
         for _ in range(noise_draws if params.cov > 0 else 1):
-            rcs.append(measure_rc(add_noise(blurred, params.cov, rng), params.voxel_mm, geometry))
+            noisy = add_noise(blurred, params.cov, rng, noise_filter_sigma(params))
+            rcs.append(measure_rc(noisy, params.voxel_mm, geometry))
     return mean_rc(rcs)
