@@ -6,7 +6,7 @@
 #   STAGE=earl   EARL on simulated cases (EARL_N per class): learning curve of the shares
 #                EARL_FRACTIONS, variants EARL_VARIANTS (validation picks the bundle),
 #                proposal scheme EARL_SAMPLER; then the vendor-protocol families
-#                (training.earl.protocols); simulation runs on the 16 CPUs
+#                (training.earl.protocols, both noise models); simulation runs on the 16 CPUs
 # The image there has torch, numpy and scipy; pydicom & co travel as wheels in .whl/.
 # Results land in $OUT as few files (the tool returns at most 8, two folders deep).
 set -uo pipefail
@@ -60,7 +60,10 @@ if [ "$STAGE" = earl ]; then
       --sampler "${EARL_SAMPLER:-sim-2}" \
       --variants "${EARL_VARIANTS:-edgenet}" --train-fractions "${EARL_FRACTIONS:-0.25,0.5}" \
       --out /tmp/t/earl/1.0.0 > "$OUT/earl.log" 2>&1 \
-    && timeout 60 python3 -m training.earl.protocols --bundle /tmp/t/earl/1.0.0 --n 60 \
-      --workers 15 --write-bundle --out /tmp/t/earl/protocols.json >> "$OUT/earl.log" 2>&1
+    && for noise in voxel filtered; do
+      timeout 60 python3 -m training.earl.protocols --bundle /tmp/t/earl/1.0.0 --n 60 \
+        --workers 15 --noise "$noise" --write-bundle --out "/tmp/t/earl/protocols_$noise.json" \
+        >> "$OUT/earl.log" 2>&1
+    done
   tar czf "$OUT/earl.tar.gz" -C /tmp/t earl
 fi

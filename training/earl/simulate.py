@@ -61,6 +61,7 @@ that smooths the noise as well as the signal: the effective FWHM f is split into
 system part drawn from :data:`SYSTEM_FWHM_MM` and a Gaussian post-filter
 sqrt(f^2 - system^2), which is the noise's ``noise_fwhm_mm``. Under sim-1/sim-2 the noise
 grain is the same (0.8 voxel) at every resolution, unlike a real filtered reconstruction.
+At 300 per class sim-3 did not beat sim-2 on the protocol families (training/README.md).
 """
 SYSTEM_FWHM_MM: Final = (3.5, 6.0)
 """Scanner + reconstruction resolution before the post-filter (sim-3; modelling
