@@ -49,6 +49,7 @@ P_EARL = qcd_code("PEARL", "Probability of EARL compliance")
 P_EARL2 = qcd_code("PEARL2", "Probability of EARL2")
 HEADER_CNN_DISAGREEMENT = qcd_code("HDRCNNDISAGREE", "Header/CNN disagreement")
 EARL_EFFECTIVE_FWHM = qcd_code("EARLFWHM", "Estimated effective resolution FWHM")
+EARL_PROTOCOL_CAVEAT = qcd_code("EARLPROTCAVEAT", "EARL model weak on this protocol")
 SUV_UNAVAILABLE = qcd_code("SUVUNAVAIL", "SUV unavailable")
 NOT_APPLICABLE = qcd_code("NOTAPPLICABLE", "Analysis not applicable")
 
@@ -152,6 +153,9 @@ CODE_TABLE: tuple[CodeRow, ...] = (
     CodeRow(EARL_EFFECTIVE_FWHM, "Measurement (mm): the stage-1 CNN's estimate of the "
             "reconstruction's effective Gaussian FWHM (bundles with auxiliary outputs; "
             "overshoot and noise COV in the payload)."),
+    CodeRow(EARL_PROTOCOL_CAVEAT, "Qualitative evaluation: the header matches a protocol "
+            "family on which the model bundle's own check found stage 1 below 90% (text "
+            "answer gives the accuracy); confirm the class with the site's phantom."),
     CodeRow(SUV_UNAVAILABLE, "Qualitative evaluation: SUV could not be computed from the header "
             "(text answer gives the reason); the class is then Indeterminate."),
     CodeRow(NOT_APPLICABLE, "Qualitative evaluation: the analyzer declined the series (text "
@@ -231,6 +235,7 @@ CONCEPTS: Mapping[str, Code] = {
     "p_earl2": P_EARL2,
     "header_cnn_disagreement": HEADER_CNN_DISAGREEMENT,
     "earl_effective_fwhm": EARL_EFFECTIVE_FWHM,
+    "earl_protocol_caveat": EARL_PROTOCOL_CAVEAT,
     "suv_unavailable": SUV_UNAVAILABLE,
     "not_applicable": NOT_APPLICABLE,
     "header_evidence": HEADER_EXPECTATION,

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,3 +125,48 @@ def test_write_bundle_records_the_summary_and_rewrites_the_card(tmp_path: Path) 
     assert written["protocols"]["summary"]["all"]["n"] == 3
     assert (bundle / "MODEL_CARD.md").read_text() == model_card(written)
     assert (bundle / "weights.pt").read_bytes() == weights and written["sha256"] == spec["sha256"]
+
+
+def test_the_analyzer_flags_series_whose_protocol_the_bundle_failed_on() -> None:
+    """The caveat comes from the bundle's recorded protocol check: the shipped model
+    failed the no-PSF 6-8 mm family (48.3% / 56.7%), not the PSF no-filter one (100%)."""
+    from qcd.analyzers.earl.analyzer import protocol_caveat
+    from qcd.outputs.codes import concept_for
+
+    spec = json.loads((SHIPPED / "model.json").read_text())
+    caveat = protocol_caveat(spec, "EARL1-like")
+    assert caveat is not None and caveat.name == "earl_protocol_caveat"
+    assert caveat.value_text == ("stage 1 48% on simulated no_psf_6_8mm_filter; confirm with "
+                                 "the phantom")
+    assert caveat.payload is not None
+    assert caveat.payload["stage1_accuracy"] == {
+        "protocols": pytest.approx(29 / 60), "protocols_filtered": pytest.approx(34 / 60)}
+    assert caveat.payload["clinical_called_earl"] == {"protocols": 27, "protocols_filtered": 26}
+    assert protocol_caveat(spec, "clinical-like") is None  # 100% on that family
+    assert protocol_caveat(spec, "unknown") is None
+    bare = {k: v for k, v in spec.items() if not k.startswith("protocols")}
+    assert protocol_caveat(bare, "EARL1-like") is None  # nothing measured, nothing claimed
+    assert concept_for("earl_protocol_caveat").value == "EARLPROTCAVEAT"
+
+
+def test_the_caveat_reaches_the_findings_of_a_filtered_non_psf_series(
+        tmp_path: Path, cpu_runtime: Any) -> None:
+    """Through the analyzer with the shipped bundle: the header "Gauss7.00" without PSF is
+    the no-PSF 6-8 mm recipe and gets the caveat; a 5 mm filter matches no family."""
+    from qcd.analyzers.base import SeriesInput
+    from qcd.analyzers.earl.analyzer import EarlAnalyzer
+    from qcd.bundles import load_bundle
+    from qcd.synth import write_pet_series
+    from training.earl.simulate import simulate_case
+
+    volume, params, _, _ = simulate_case(np.random.default_rng(5), "EARL1")
+    bundle = load_bundle(SHIPPED_MODELS, "earl", "1.0.0")
+    names = {}
+    for kernel in ("XYZ Gauss7.00", "XYZ Gauss5.00"):
+        paths = write_pet_series(volume, params.voxel_mm, tmp_path / kernel, kernel=kernel)
+        findings = EarlAnalyzer().analyze(SeriesInput("1.2.3", "PT", tuple(paths)), bundle,
+                                          cpu_runtime)
+        names[kernel] = {f.name: f for f in findings}
+    caveat = names["XYZ Gauss7.00"]["earl_protocol_caveat"]
+    assert caveat.payload is not None and caveat.payload["header_hint"] == "EARL1-like"
+    assert "earl_protocol_caveat" not in names["XYZ Gauss5.00"]

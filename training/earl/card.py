@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
+
+from qcd.analyzers.earl.analyzer import PROTOCOL_KEYS
 
 
 def _pct(x: float | None) -> str:
@@ -224,10 +226,6 @@ def protocol_table(summary: dict[str, Any]) -> str:
             for name, b in summary.items()]
     return ("| family | cases | physics labels | FWHM mm | stage 1 | exact class |\n"
             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
-
-
-PROTOCOL_KEYS: Final = {"voxel": "protocols", "filtered": "protocols_filtered"}
-"""model.json key of the ``training.earl.protocols`` block per noise model."""
 
 
 def _protocols(spec: dict[str, Any]) -> tuple[str, str]:

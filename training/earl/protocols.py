@@ -38,12 +38,13 @@ from typing import Any, Final
 import numpy as np
 import torch
 
+from qcd.analyzers.earl.analyzer import PROTOCOL_KEYS
 from qcd.analyzers.earl.decision import Thresholds, decide
 from qcd.analyzers.earl.phantom import ReconParams, apply_recon
 from qcd.analyzers.earl.preprocess import prepare
 from qcd.bundles import load_bundle
 from training.earl.analyze import _model, _variant, _worker_init
-from training.earl.card import PROTOCOL_KEYS, protocol_table, record
+from training.earl.card import protocol_table, record
 from training.earl.cases import Case
 from training.earl.simulate import SLICE_MM, Z_EXTENT_MM, label_params, render_body
 from training.earl.train import case_probabilities

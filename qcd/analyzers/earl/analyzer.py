@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import torch
@@ -26,6 +26,41 @@ from qcd.bundles import Bundle
 
 PET_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.128"}
 MIN_SLICES = 30
+PROTOCOL_KEYS: Final = {"voxel": "protocols", "filtered": "protocols_filtered"}
+"""model.json key of a ``training.earl.protocols`` block, per noise model of its draws."""
+HINT_FAMILIES = {"EARL1-like": "no_psf_6_8mm_filter", "clinical-like": "psf_tof_no_filter"}
+"""Header hint -> the ``training.earl.protocols`` family with the same recipe."""
+RELIABLE_STAGE1 = 0.9
+"""Below this recorded stage-1 accuracy on a series' protocol family, say so."""
+
+
+def protocol_caveat(spec: dict[str, Any], hint: str) -> Finding | None:
+    """``earl_protocol_caveat`` when the bundle's own protocol check (model.json
+    ``protocols``/``protocols_filtered``) found it unreliable on this series' recipe.
+
+    Read from the bundle, so a bundle that fixes the weakness drops the caveat by itself.
+    """
+    family = HINT_FAMILIES.get(hint)
+    if family is None:
+        return None
+    measured = {key: block["summary"][family] for key in PROTOCOL_KEYS.values()
+                if (block := spec.get(key)) and family in block.get("summary", {})
+                and block["summary"][family].get("stage1_accuracy") is not None}
+    if not measured:
+        return None
+    worst = min(measured, key=lambda k: measured[k]["stage1_accuracy"])
+    accuracy = float(measured[worst]["stage1_accuracy"])
+    if accuracy >= RELIABLE_STAGE1:
+        return None
+    return Finding("earl_protocol_caveat",
+                   value_text=f"stage 1 {accuracy:.0%} on simulated {family}; confirm with "
+                              "the phantom",
+                   payload={"family": family, "header_hint": hint,
+                            "stage1_accuracy": {k: v["stage1_accuracy"]
+                                                for k, v in measured.items()},
+                            "clinical_called_earl": {k: v.get("clinical_called_earl")
+                                                     for k, v in measured.items()},
+                            "source": "model.json protocols (training.earl.protocols)"})
 
 
 def load_model(bundle: Bundle) -> EarlModel:
@@ -114,6 +149,9 @@ class EarlAnalyzer:
                          "method": "stage-1 CNN auxiliary outputs (mean over slices), "
                                    "trained on simulated reconstructions"}))
         hint = evidence.hint()
+        caveat = protocol_caveat(bundle.spec, hint)
+        if caveat is not None:
+            findings.append(caveat)
         if (hint == "EARL1-like" and verdict == "clinical") or (
                 hint == "clinical-like" and verdict in ("EARL1", "EARL2")):
             findings.append(Finding("header_cnn_disagreement", value_text=f"{hint} vs {verdict}",
