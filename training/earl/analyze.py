@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 import torch
@@ -49,13 +49,15 @@ from qcd.analyzers.earl.analyzer import load_model
 from qcd.analyzers.earl.decision import Thresholds, decide
 from qcd.analyzers.earl.model import EarlModel
 from qcd.analyzers.earl.phantom import RecoveryCoefficients, ReconParams
-from qcd.bundles import load_bundle
+from qcd.bundles import Bundle, load_bundle
 from training.earl import simulate
 from training.earl.card import error_analysis_tables, record
 from training.earl.cases import LABELS, Variant, case_tasks, make_case, split_indices
 from training.earl.train import case_metrics, case_probabilities
 
 LOGGER = logging.getLogger("training.earl.analyze")
+T = TypeVar("T")
+R = TypeVar("R")
 RELABEL_SALT: Final = 4242
 """Relabel k of the case with seed s uses ``default_rng([s, k, RELABEL_SALT])``."""
 STABLE: Final = 0.9
@@ -259,26 +261,29 @@ def recording_proposals(sources: list[str]) -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=2)
-def _model(bundle_dir: str) -> EarlModel:
-    """The bundle's checksum-verified model (loaded once per process)."""
+def bundle_at(bundle_dir: str) -> Bundle:
+    """The checksum-verified bundle in ``models/<name>/<version>`` (once per process)."""
     path = Path(bundle_dir)
-    return load_model(load_bundle(path.parent.parent, path.parent.name, path.name))
+    return load_bundle(path.parent.parent, path.parent.name, path.name)
 
 
 @functools.lru_cache(maxsize=2)
+def _model(bundle_dir: str) -> EarlModel:
+    """The bundle's checksum-verified model (loaded once per process)."""
+    return load_model(bundle_at(bundle_dir))
+
+
 def _sampler(bundle_dir: str) -> str:
     """The proposal scheme the bundle's simulated cases came from (sim-1 before it was
     recorded)."""
-    path = Path(bundle_dir)
-    spec = load_bundle(path.parent.parent, path.parent.name, path.name).spec
+    spec = bundle_at(bundle_dir).spec
     return simulate.check_sampler(str(spec.get("training", {}).get("sampler", "sim-1")))
 
 
 @functools.lru_cache(maxsize=2)
 def _variant(bundle_dir: str) -> Variant:
     """Preprocessing and input options of the bundle, as its cases must be rebuilt."""
-    path = Path(bundle_dir)
-    return Variant.from_spec(load_bundle(path.parent.parent, path.parent.name, path.name).spec)
+    return Variant.from_spec(bundle_at(bundle_dir).spec)
 
 
 def relabel(params: ReconParams, seed: int, k: int) -> list[str]:
@@ -309,20 +314,24 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def map_in_order(job: Callable[[T], R], tasks: Sequence[T], workers: int) -> Iterator[R]:
+    """``job`` over ``tasks``, results in task order: in this process for one worker,
+    else on ``workers`` spawned processes with one torch thread each."""
+    if workers <= 1:
+        yield from map(job, tasks)
+        return
+    with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+        yield from pool.imap(job, tasks)
+
+
 def run_cases(tasks: Sequence[Task], bundle_dir: Path, relabels: int, workers: int
               ) -> list[CaseResult]:
     """:func:`analyze_case` for every task, in order, on ``workers`` processes."""
     job = functools.partial(analyze_case, bundle_dir=str(bundle_dir.resolve()),
                             relabels=relabels)
     results: list[CaseResult] = []
-    if workers <= 1:
-        outputs: Iterator[CaseResult] = map(job, tasks)
-        for r in outputs:
-            results.append(_logged(r, len(results), len(tasks)))
-        return results
-    with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
-        for r in pool.imap(job, tasks):
-            results.append(_logged(r, len(results), len(tasks)))
+    for r in map_in_order(job, tasks, workers):
+        results.append(_logged(r, len(results), len(tasks)))
     return results
 
 
@@ -498,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--write-bundle records a whole split; drop --limit")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     bundle_dir = args.bundle.resolve()
-    bundle = load_bundle(bundle_dir.parent.parent, bundle_dir.parent.name, bundle_dir.name)
+    bundle = bundle_at(str(bundle_dir))
     thresholds = Thresholds.from_spec(bundle.spec)
     try:
         tasks = balanced_head(bundle_tasks(bundle.spec, args.split), args.limit)

@@ -27,7 +27,6 @@ import functools
 import json
 import logging
 import math
-import multiprocessing as mp
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -42,15 +41,14 @@ from qcd.analyzers.earl.analyzer import PROTOCOL_KEYS
 from qcd.analyzers.earl.decision import Thresholds, decide
 from qcd.analyzers.earl.phantom import ReconParams, apply_recon
 from qcd.analyzers.earl.preprocess import prepare
-from qcd.bundles import load_bundle
-from training.earl.analyze import _model, _variant, _worker_init
+from training.earl.analyze import _model, _variant, bundle_at, map_in_order
 from training.earl.card import protocol_table, record
 from training.earl.cases import Case
 from training.earl.simulate import SLICE_MM, Z_EXTENT_MM, label_params, render_body
 from training.earl.train import case_probabilities
 
 LOGGER = logging.getLogger("training.earl.protocols")
-NOISE_MODELS: Final = ("voxel", "filtered")
+NOISE_MODELS: Final = tuple(PROTOCOL_KEYS)
 SALT: Final = 7070
 """Case ``i`` of family ``k`` draws from ``default_rng([seed, k, i, SALT])``."""
 
@@ -158,15 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--n and --workers must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     bundle_dir = args.bundle.resolve()
-    bundle = load_bundle(bundle_dir.parent.parent, bundle_dir.parent.name, bundle_dir.name)
+    bundle = bundle_at(str(bundle_dir))
     tasks = [(args.seed, family, i) for i in range(args.n) for family in FAMILIES]
     job = functools.partial(protocol_case, bundle_dir=str(bundle_dir), noise=args.noise)
     started = time.time()
-    if args.workers == 1:
-        cases = [job(t) for t in tasks]
-    else:
-        with mp.get_context("spawn").Pool(args.workers, initializer=_worker_init) as pool:
-            cases = pool.map(job, tasks)
+    cases = list(map_in_order(job, tasks, args.workers))
     summary = summarise(cases, Thresholds.from_spec(bundle.spec))
     noise_flag = "" if args.noise == "voxel" else f" --noise {args.noise}"
     entry = {"command": f"python -m training.earl.protocols --bundle {args.bundle} "

@@ -157,12 +157,19 @@ def apply_recon(activity: np.ndarray, params: ReconParams, rng: np.random.Genera
     Shared by the phantom and the simulated patients, so that a label measured on the
     phantom holds for the patient image made with the same parameters.
     """
-    return add_noise(blur(activity, params), params.cov, rng, noise_filter_sigma(params))
+    return recon_noise(blur(activity, params), params, rng)
 
 
 def noise_filter_sigma(params: ReconParams) -> list[float]:
     """Per-axis sigma (voxels) of ``params.noise_fwhm_mm``, the post-filter on the noise."""
     return [params.noise_fwhm_mm / FWHM_PER_SIGMA / v for v in params.voxel_mm]
+
+
+def recon_noise(blurred: np.ndarray, params: ReconParams, rng: np.random.Generator
+                ) -> np.ndarray:
+    """:func:`add_noise` as ``params`` describe it: the one place the noise parameters are
+    read, for the patient images and the phantom labels alike."""
+    return add_noise(blurred, params.cov, rng, noise_filter_sigma(params))
 
 
 def _subsamples(lo: int, hi: int, step: float, ss: int) -> np.ndarray:
@@ -545,6 +552,5 @@ def expected_rc(params: ReconParams, rng: np.random.Generator, positions: int,
         activity, geometry = phantom_activity(params, rng)
         blurred = blur(activity, params)
         for _ in range(noise_draws if params.cov > 0 else 1):
-            noisy = add_noise(blurred, params.cov, rng, noise_filter_sigma(params))
-            rcs.append(measure_rc(noisy, params.voxel_mm, geometry))
+            rcs.append(measure_rc(recon_noise(blurred, params, rng), params.voxel_mm, geometry))
     return mean_rc(rcs)
