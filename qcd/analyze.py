@@ -67,7 +67,8 @@ def analyze_paths(
     paths: Iterable[str | Path], settings: Settings, registry: Mapping[str, Analyzer],
 ) -> tuple[list[AnalysisRow], list[str]]:
     """Route every series found under ``paths`` and run the analyzers that apply."""
-    bundles = BundleCache(models_root(settings.workers.models_path))
+    bundles = BundleCache(models_root(settings.workers.models_path),
+                          settings.workers.bundle_versions)
     runtime = LocalRuntime(settings.inference)
     rows: list[AnalysisRow] = []
     series, skipped = group_series(paths, settings.ingest.max_inflated_bytes)

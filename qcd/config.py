@@ -34,6 +34,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 MODALITY_RE = re.compile(r"^[A-Z]{2,16}$")
 DESTINATION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+BUNDLE_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 AE_TITLE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,15}$")
 
 
@@ -209,6 +210,12 @@ class WorkerSettings:
     models_path: str = ""
     """Root of the model bundles (``<name>/<version>/model.json``); empty = the
     ``models/`` folder shipped beside the ``qcd`` package (works from any directory)."""
+    bundle_versions: Mapping[str, str] = field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    """Pinned bundle version by name, e.g. ``{earl = "1.0.0"}`` (env
+    ``QCD_WORKERS__BUNDLE_VERSIONS=earl=1.0.0``); a bundle not named here is used in its
+    newest version under ``models_path``."""
 
 
 @dataclass(frozen=True)
@@ -521,6 +528,10 @@ def _validate(s: Settings) -> None:
     ]:
         need(bool(AE_TITLE_RE.match(aet)), key, "1-16 printable ASCII characters, no backslash", aet)
     need(0 < s.ingest.port < 65536, "ingest.port", "1-65535", s.ingest.port)
+    for name, version in s.workers.bundle_versions.items():
+        need(bool(BUNDLE_PART_RE.match(name)) and bool(BUNDLE_PART_RE.match(version)),
+             f"workers.bundle_versions.{name}", "a bundle name and version (letters, digits, "
+             "'.', '_', '-')", version)
     need(0 <= s.http.port < 65536, "http.port", "0-65535 (0 = any free port)", s.http.port)
     need(s.http.auth in ("local", "proxy"), "http.auth", "local, proxy", s.http.auth)
     need(s.http.proxy_default_role in ("viewer", "operator"), "http.proxy_default_role",

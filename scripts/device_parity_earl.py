@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script
 
-from qcd.analyzers.earl.analyzer import load_model  # noqa: E402
+from qcd.analyzers.earl.analyzer import CNN_BUNDLE, load_cnn  # noqa: E402
 from qcd.analyzers.earl.decision import Thresholds, decide  # noqa: E402
 from qcd.bundles import load_bundle  # noqa: E402
 from qcd.workers.inference import InferenceSettings  # noqa: E402
@@ -32,15 +32,16 @@ def _prepare(task: tuple[int, str]) -> tuple[str, np.ndarray, np.ndarray]:
 
     seed, label = task
     volume, params, _, _ = simulate_case(np.random.default_rng(seed), label)
-    s1, _, s2, _ = model_inputs(volume, params.voxel_mm, load_bundle(Path("models"), "earl").spec)
+    spec = load_bundle(Path("models"), "earl", CNN_BUNDLE).spec
+    s1, _, s2, _ = model_inputs(volume, params.voxel_mm, spec)
     return label, s1, s2
 
 
 def _classify(device: str, cases: list[tuple[str, np.ndarray, np.ndarray]]
               ) -> list[tuple[float, float]]:
-    bundle = load_bundle(Path("models"), "earl")
+    bundle = load_bundle(Path("models"), "earl", CNN_BUNDLE)
     runtime = LocalRuntime(InferenceSettings(device=device, amp=True))
-    model = load_model(bundle)
+    model = load_cnn(bundle)
     p1s = runtime.predictor("s1", lambda: model.stage1)
     p2s = runtime.predictor("s2", lambda: model.stage2)
     out = []
@@ -62,7 +63,7 @@ def main() -> int:
     with mp.get_context("spawn").Pool(min(15, mp.cpu_count())) as pool:
         cases = pool.map(_prepare, tasks)
     cpu, gpu = _classify("cpu", cases), _classify("cuda", cases)
-    t = Thresholds.from_spec(load_bundle(Path("models"), "earl").spec)
+    t = Thresholds.from_spec(load_bundle(Path("models"), "earl", CNN_BUNDLE).spec)
 
     def verdict(q: tuple[float, float]) -> str:
         return decide(q[0], q[1] if q[0] >= t.stage1 else None, t)

@@ -64,10 +64,12 @@ class AuditSummary:
 
 
 def resolve_model(settings: Settings) -> ModelRef:
-    """The newest verified bundle named after the audited analyzer."""
+    """The verified bundle named after the audited analyzer (pinned, else the newest)."""
     from qcd.bundles import load_bundle, models_root
 
-    bundle = load_bundle(models_root(settings.workers.models_path), settings.audit.analyzer)
+    name = settings.audit.analyzer
+    bundle = load_bundle(models_root(settings.workers.models_path), name,
+                         settings.workers.bundle_versions.get(name))
     return ModelRef(bundle.name, bundle.version)
 
 

@@ -54,7 +54,8 @@ class LocalExecutor:
         self.metrics = metrics
         self.registry = dict(registry)
         self.spool_root = spool_root
-        self.bundles = BundleCache(models_root(settings.models_path))
+        self.bundles = BundleCache(models_root(settings.models_path),
+                                   settings.bundle_versions)
         self.runtime = runtime
         self.on_done = on_done
         self.clock = clock

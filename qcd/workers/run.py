@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +24,19 @@ class Outcome:
 
 
 class BundleCache:
-    """Verified bundles by name, loaded once per process (checksums are not free)."""
+    """Verified bundles by name, loaded once per process (checksums are not free): the
+    version ``versions`` pins, else the newest."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, versions: Mapping[str, str] | None = None) -> None:
         self.root = Path(root)
+        self.versions = dict(versions or {})
         self._bundles: dict[str, Bundle] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Bundle:
         with self._lock:
             if name not in self._bundles:
-                self._bundles[name] = load_bundle(self.root, name)
+                self._bundles[name] = load_bundle(self.root, name, self.versions.get(name))
             return self._bundles[name]
 
 

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from qcd.analyzers.earl.analyzer import load_model  # noqa: E402
+from qcd.analyzers.earl.analyzer import CNN_BUNDLE, load_cnn  # noqa: E402
 from qcd.bundles import load_bundle  # noqa: E402
 from qcd.workers.inference import BatchingPredictor  # noqa: E402
 from tests.bench.report import cpu_model, header, write_section  # noqa: E402
@@ -61,8 +61,8 @@ def main() -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     device = torch.device(args.device)
-    bundle = load_bundle(ROOT / "models", "earl")
-    net = load_model(bundle).stage1.to(device).eval()
+    bundle = load_bundle(ROOT / "models", "earl", CNN_BUNDLE)
+    net = load_cnn(bundle).stage1.to(device).eval()
     x = torch.randn(args.slices, 1, 300, 200)
     lock = threading.Lock()
 

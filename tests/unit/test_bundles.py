@@ -21,6 +21,22 @@ def test_loads_newest_version_and_verifies(tmp_path: Path) -> None:
     assert load_bundle(tmp_path, "toy", "1.2").version == "1.2"
 
 
+def test_a_configured_pin_selects_the_version(tmp_path: Path) -> None:
+    from qcd.config import ConfigError, load_settings
+    from qcd.workers.run import BundleCache
+
+    write_toy_bundle(tmp_path, "1.2")
+    write_toy_bundle(tmp_path, "1.10")
+    settings = load_settings(environ={"QCD_WORKERS__BUNDLE_VERSIONS": "toy=1.2"})
+    assert dict(settings.workers.bundle_versions) == {"toy": "1.2"}
+    assert BundleCache(tmp_path, settings.workers.bundle_versions).get("toy").version == "1.2"
+    assert BundleCache(tmp_path).get("toy").version == "1.10"
+    with pytest.raises(BundleError, match="toy/9.9"):
+        BundleCache(tmp_path, {"toy": "9.9"}).get("toy")
+    with pytest.raises(ConfigError, match="workers.bundle_versions.toy"):
+        load_settings(environ={"QCD_WORKERS__BUNDLE_VERSIONS": "toy=../../etc"})
+
+
 def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
     path = write_toy_bundle(tmp_path)
     (path / "weights.bin").write_bytes(b"tampered")

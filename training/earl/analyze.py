@@ -45,7 +45,7 @@ import torch
 from scipy import stats
 
 from qcd.analyzers.earl import phantom
-from qcd.analyzers.earl.analyzer import load_model
+from qcd.analyzers.earl.analyzer import load_cnn
 from qcd.analyzers.earl.decision import Thresholds, decide
 from qcd.analyzers.earl.model import EarlModel
 from qcd.analyzers.earl.phantom import RecoveryCoefficients, ReconParams
@@ -270,7 +270,7 @@ def bundle_at(bundle_dir: str) -> Bundle:
 @functools.lru_cache(maxsize=2)
 def _model(bundle_dir: str) -> EarlModel:
     """The bundle's checksum-verified model (loaded once per process)."""
-    return load_model(bundle_at(bundle_dir))
+    return load_cnn(bundle_at(bundle_dir))
 
 
 def _sampler(bundle_dir: str) -> str:

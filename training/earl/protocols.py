@@ -14,8 +14,9 @@ are modelling assumptions (SCIENCE.md grade [M]), not measurements.
 
 Each case is labelled by the same phantom physics as the training cases
 (:func:`training.earl.simulate.label_params`): a family name says how the reconstruction
-was made, never which class it is. The case then goes through the daemon's preprocessing
-and the bundle's weights on the CPU, as ``training.earl.analyze`` does. The report gives,
+was made, never which class it is. The case then goes through the daemon's own code path
+(:func:`qcd.analyzers.earl.analyzer.classify_volume`) on the CPU, CNN or physics estimate
+alike. The report gives,
 per family, the physics labels found and the model's stage-1 accuracy against them.
 """
 
@@ -35,17 +36,13 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import torch
 
-from qcd.analyzers.earl.analyzer import PROTOCOL_KEYS
+from qcd.analyzers.earl.analyzer import PROTOCOL_KEYS, classify_volume
 from qcd.analyzers.earl.decision import Thresholds, decide
 from qcd.analyzers.earl.phantom import ReconParams, apply_recon
-from qcd.analyzers.earl.preprocess import prepare
-from training.earl.analyze import _model, _variant, bundle_at, map_in_order
+from training.earl.analyze import bundle_at, map_in_order
 from training.earl.card import protocol_table, record
-from training.earl.cases import Case
 from training.earl.simulate import SLICE_MM, Z_EXTENT_MM, label_params, render_body
-from training.earl.train import case_probabilities
 
 LOGGER = logging.getLogger("training.earl.protocols")
 NOISE_MODELS: Final = tuple(PROTOCOL_KEYS)
@@ -103,13 +100,9 @@ def protocol_case(task: tuple[int, str, int], bundle_dir: str, noise: str = "vox
     params = FAMILIES[family].draw(rng, noise)
     label, _ = label_params(params, rng)
     body = render_body(params, rng, shape_mm=(float(rng.uniform(*Z_EXTENT_MM)), 260.0, 160.0))
-    variant = _variant(bundle_dir)
-    s1, _, s2, _ = prepare(apply_recon(body, params, rng), params.voxel_mm,
-                           variant.preprocessing)
-    case = Case(s1.astype(np.float16), s2.astype(np.float16), label,
-                {"voxel_mm": list(params.voxel_mm), "preprocessing": variant.preprocessing})
-    p_earl, p_earl2 = case_probabilities(_model(bundle_dir), [case], torch.device("cpu"),
-                                         variant=variant)[0]
+    result = classify_volume(apply_recon(body, params, rng), params.voxel_mm,
+                             bundle_at(bundle_dir), all_stages=True)
+    p_earl, p_earl2 = result.p_earl, result.p_earl2
     return {"family": family, "index": index, "label": label, "p_earl": p_earl,
             "p_earl2": p_earl2, "voxel_mm": list(params.voxel_mm), "fwhm_mm": params.fwhm_mm,
             "overshoot": params.overshoot, "cov": params.cov,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 import numpy as np
@@ -11,7 +12,9 @@ from pydicom.dataset import Dataset
 
 from qcd.analyzers.base import Acceptance, Finding, Runtime, SeriesInput
 from qcd.analyzers.earl.decision import Thresholds, decide
+from qcd.analyzers.earl import physest
 from qcd.analyzers.earl.evidence import read_evidence
+from qcd.analyzers.earl.features import FEATURES_VERSION, image_features
 from qcd.analyzers.earl.model import N_CLASSES, EarlModel, aux_estimates
 from qcd.analyzers.earl.preprocess import (
     PREPROCESSING_VERSION,
@@ -63,8 +66,21 @@ def protocol_caveat(spec: dict[str, Any], hint: str) -> Finding | None:
                             "source": "model.json protocols (training.earl.protocols)"})
 
 
-def load_model(bundle: Bundle) -> EarlModel:
-    """Build the bundle's architecture (and input options) and load its verified weights."""
+CNN_BUNDLE: Final = "1.0.0"
+"""The shipped CNN bundle (GPU benchmarks and parity scripts measure its nets)."""
+
+
+def load_model(bundle: Bundle) -> torch.nn.Module:
+    """Build the bundle's architecture and load its verified weights: an
+    :class:`EarlModel` (CNN stages) or a :class:`physest.ParamNet`."""
+    if bundle.spec.get("architecture") == physest.ARCHITECTURE:
+        n_features = len((bundle.spec.get("input") or {}).get("features", ()))
+        return load_weights(bundle, physest.ParamNet(n_features), FEATURES_VERSION)
+    return load_cnn(bundle)
+
+
+def load_cnn(bundle: Bundle) -> EarlModel:
+    """A CNN bundle's :class:`EarlModel` with its input options and verified weights."""
     options = bundle.spec.get("input") or {}
     model = EarlModel(str(bundle.spec.get("architecture", "edgenet")),
                       voxel_input=bool(options.get("voxel_input", False)),
@@ -72,16 +88,100 @@ def load_model(bundle: Bundle) -> EarlModel:
     return load_weights(bundle, model, PREPROCESSINGS)
 
 
-def _p_positive(runtime: Runtime, key: str, factory: Any, slices: np.ndarray
-                ) -> tuple[float, torch.Tensor]:
-    """Mean P(positive class) over the slices, and the raw outputs (aux columns too)."""
-    out = torch.as_tensor(runtime.predictor(key, factory).predict(torch.from_numpy(slices)))
-    p = torch.softmax(out[:, :N_CLASSES].float(), dim=1)[:, 1].mean()
-    return float(p), out
+Predict = Callable[[str, Callable[[], torch.nn.Module], torch.Tensor], torch.Tensor]
+"""(cache key, module factory, input batch) -> outputs; the daemon's batching predictor
+or, offline, :func:`direct_predict`."""
+
+
+def direct_predict(key: str, factory: Callable[[], torch.nn.Module], x: torch.Tensor
+                   ) -> torch.Tensor:
+    """Run the module in this process, unbatched (training evaluations and tests)."""
+    with torch.inference_mode():
+        return factory()(x)
+
+
+@dataclass(frozen=True)
+class EarlResult:
+    """What a bundle says about one volume, before the decision rule."""
+
+    p_earl: float
+    p_earl2: float | None
+    details: dict[str, Any] = field(default_factory=dict)
+    """Method-specific evidence for the ``earl_class`` payload."""
+    estimate: dict[str, Any] | None = None
+    """Effective FWHM (mm), overshoot and noise COV, where the method estimates them."""
+
+
+def classify_volume(volume_suv: np.ndarray | None, spacing: tuple[float, float, float],
+                    bundle: Bundle, predict: Predict = direct_predict,
+                    all_stages: bool = False, features: np.ndarray | None = None
+                    ) -> EarlResult:
+    """P(EARL) and P(EARL2) of an SUV volume by ``bundle``: the one code path of the
+    daemon, ``training/`` evaluations and the tests.
+
+    CNN bundles run stage 2 only where stage 1 says EARL unless ``all_stages``; a
+    ``physest`` bundle answers both at once. ``features`` may replace the volume for a
+    ``physest`` bundle (precomputed :func:`image_features`).
+    """
+    tag = f"{bundle.name}/{bundle.version}:{bundle.sha256[:12]}"
+    thresholds = Thresholds.from_spec(bundle.spec)
+    model: list[torch.nn.Module] = []
+
+    def loaded() -> torch.nn.Module:
+        if not model:
+            model.append(load_model(bundle))
+        return model[0]
+
+    if bundle.spec.get("architecture") == physest.ARCHITECTURE:
+        if features is None:
+            if volume_suv is None:
+                raise ValueError("classify_volume needs a volume or its features")
+            features = image_features(volume_suv, spacing)
+        row = predict(f"{tag}:params", loaded, torch.from_numpy(features[None, :]))[0]
+        params = physest.as_params(row)
+        verdict = physest.virtual_phantom(params, spacing, physest.estimator_sd(bundle.spec))
+        return EarlResult(
+            verdict.p_earl, verdict.p_earl2,
+            {"method": "image-derived reconstruction parameters -> virtual NEMA IEC phantom",
+             "features": FEATURES_VERSION, "phantom_draws": verdict.counts},
+            {**{k: round(v, 4) for k, v in params.items()},
+             "method": "physest regressor on body-outline edge spread, power spectrum and "
+                       "noise (trained on simulated reconstructions)"})
+    if volume_suv is None:
+        raise ValueError("a CNN bundle needs the volume")
+    s1, idx1, s2, idx2 = model_inputs(volume_suv, spacing, bundle.spec)
+    x_mm = grid_spacing(str(bundle.spec.get("preprocessing", PREPROCESSING_VERSION)),
+                        spacing)[2]
+
+    def stage(n: int) -> Callable[[], torch.nn.Module]:
+        return lambda: getattr(loaded(), f"stage{n}")
+
+    out1 = torch.as_tensor(predict(f"{tag}:stage1", stage(1), torch.from_numpy(s1)))
+    p_earl = _mean_positive(out1)
+    p_earl2 = None
+    if all_stages or p_earl >= thresholds.stage1:
+        p_earl2 = _mean_positive(torch.as_tensor(
+            predict(f"{tag}:stage2", stage(2), torch.from_numpy(s2))))
+    aux = aux_estimates(out1)
+    estimate = None if aux is None else {
+        "fwhm_mm": round(aux["fwhm_mm"], 2), "overshoot": round(aux["overshoot"], 3),
+        "cov": round(aux["cov"], 4),
+        "method": "stage-1 CNN auxiliary outputs (mean over slices), trained on simulated "
+                  "reconstructions"}
+    return EarlResult(p_earl, p_earl2,
+                      {"stage1_slices_mm": [round(float(i) * x_mm, 1) for i in idx1],
+                       "stage2_slices_mm": [round(float(i) * x_mm, 1) for i in idx2]},
+                      estimate)
+
+
+def _mean_positive(outputs: torch.Tensor) -> float:
+    """Mean P(positive class) over the slices (aux columns, if any, ignored)."""
+    return float(torch.softmax(outputs[:, :N_CLASSES].float(), dim=1)[:, 1].mean())
 
 
 class EarlAnalyzer:
-    """Two-stage CNN on sagittal edge images (Pfaehler et al. 2022), plus header evidence."""
+    """Two-stage EARL classification (CNNs on sagittal edge images after Pfaehler et al.
+    2022, or the physics estimate), plus header evidence."""
 
     name: ClassVar[str] = "earl"
     bundle: ClassVar[str | None] = "earl"
@@ -110,44 +210,31 @@ class EarlAnalyzer:
                 Finding("earl_class", value_text="indeterminate",
                         payload={"reason": f"no SUV: {exc}"}),
             ]
-        s1, idx1, s2, idx2 = model_inputs(volume.array * np.float32(factor), volume.spacing,
-                                          bundle.spec)
-        x_mm = grid_spacing(str(bundle.spec.get("preprocessing", PREPROCESSING_VERSION)),
-                            volume.spacing)[2]
+
+        def predict(key: str, factory: Callable[[], torch.nn.Module], x: torch.Tensor
+                    ) -> torch.Tensor:
+            return torch.as_tensor(runtime.predictor(key, factory).predict(x))
+
+        result = classify_volume(volume.array * np.float32(factor), volume.spacing, bundle,
+                                 predict)
         thresholds = Thresholds.from_spec(bundle.spec)
-        tag = f"{bundle.name}/{bundle.version}:{bundle.sha256[:12]}"
-        model: list[EarlModel] = []
-
-        def stage(n: int) -> Any:
-            def factory() -> torch.nn.Module:
-                if not model:
-                    model.append(load_model(bundle))
-                return model[0].stage1 if n == 1 else model[0].stage2
-            return factory
-
-        p_earl, out1 = _p_positive(runtime, f"{tag}:stage1", stage(1), s1)
-        p_earl2 = (_p_positive(runtime, f"{tag}:stage2", stage(2), s2)[0]
-                   if p_earl >= thresholds.stage1 else None)
-        verdict = decide(p_earl, p_earl2, thresholds)
+        p_earl2 = result.p_earl2 if result.p_earl >= thresholds.stage1 else None
+        verdict = decide(result.p_earl, p_earl2, thresholds)
         findings.append(Finding(
             "earl_class", value_text=verdict,
-            payload={"p_earl": round(p_earl, 4),
+            payload={"p_earl": round(result.p_earl, 4),
                      "p_earl2": None if p_earl2 is None else round(p_earl2, 4),
-                     "thresholds": vars(thresholds),
-                     "stage1_slices_mm": [round(float(i) * x_mm, 1) for i in idx1],
-                     "stage2_slices_mm": [round(float(i) * x_mm, 1) for i in idx2],
+                     "thresholds": vars(thresholds), **result.details,
                      "suv_factor": factor}))
-        findings.append(Finding("p_earl", value_num=p_earl, unit="1"))
+        findings.append(Finding("p_earl", value_num=result.p_earl, unit="1"))
         if p_earl2 is not None:
             findings.append(Finding("p_earl2", value_num=p_earl2, unit="1"))
-        estimate = aux_estimates(out1)
-        if estimate is not None:  # bundles trained with auxiliary targets
+        if result.estimate is not None:
+            estimate = dict(result.estimate)
             findings.append(Finding(
-                "earl_effective_fwhm", value_num=round(estimate["fwhm_mm"], 2), unit="mm",
-                payload={"overshoot": round(estimate["overshoot"], 3),
-                         "noise_cov": round(estimate["cov"], 4),
-                         "method": "stage-1 CNN auxiliary outputs (mean over slices), "
-                                   "trained on simulated reconstructions"}))
+                "earl_effective_fwhm", value_num=round(float(estimate.pop("fwhm_mm")), 2),
+                unit="mm", payload={"overshoot": estimate.pop("overshoot"),
+                                    "noise_cov": estimate.pop("cov"), **estimate}))
         hint = evidence.hint()
         caveat = protocol_caveat(bundle.spec, hint)
         if caveat is not None:

@@ -1,0 +1,275 @@
+"""Train the physics-estimate EARL bundle (architecture ``physest``).
+
+    python -m training.earl.physest --n-per-class 400 --seed 20261207 --workers 2 \
+        --out models/earl/2.0.0 [--compare models/earl/1.0.0] [--cache cases.npz]
+
+Simulates labelled cases exactly as ``training.earl.train`` does (same seeds per case,
+same phantom labels, same stratified held-out split), computes the
+:mod:`qcd.analyzers.earl.features` vector of each, and fits
+:class:`qcd.analyzers.earl.physest.ParamNet` to the reconstruction parameters the
+simulation knows (FWHM, overshoot, COV). The spread of its out-of-fold residuals on the
+training cases becomes the bundle's ``estimator_sd``. Held-out cases are classified the
+way the daemon does (:func:`qcd.analyzers.earl.analyzer.classify_volume`: estimate, then
+the virtual phantom), and, with ``--compare``, by another bundle on the very same cases.
+Runs on the CPU: the regressor trains in seconds; simulation and the phantom dominate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qcd.analyzers.earl.analyzer import EarlResult, classify_volume
+from qcd.analyzers.earl.decision import Thresholds
+from qcd.analyzers.earl.features import FEATURE_NAMES, FEATURES_VERSION, image_features
+from qcd.analyzers.earl import physest
+from qcd.analyzers.earl.physest import ARCHITECTURE, PARAMS, ParamNet
+from qcd.bundles import Bundle, sha256_file
+from training.earl.analyze import bundle_at, map_in_order
+from training.earl.cases import case_tasks, split_indices
+from training.earl.simulate import DEFAULT_SAMPLER, SAMPLERS, simulate_case
+from training.earl.train import case_metrics
+
+LOGGER = logging.getLogger("training.earl.physest")
+VERSION = "2.0.0"
+EPOCHS = 400
+LEARNING_RATE = 3e-3
+WEIGHT_DECAY = 1e-3
+FOLDS = 5
+TEST_FRACTION = 0.2
+TUNE_CASES = 300
+STAGE1_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(9))
+"""Stage-1 thresholds tried on out-of-fold training estimates (0.1-0.5). P(EARL) is the
+share of phantom draws around the estimate that are compliant; the EARL regions are
+narrow (an EARL1 reconstruction's FWHM sits in a band ~3 mm wide, in a corner of the
+overshoot and noise ranges), so a spread of draws about a correct estimate leaves them
+often, and 0.5 calls too many EARL reconstructions clinical."""
+
+
+def make_row(task: tuple[int, str], sampler: str, compare: str | None) -> dict[str, Any]:
+    """Simulate one case; its features, true parameters, label (and the compared
+    bundle's probabilities when ``compare`` names one). Runs in a worker."""
+    seed, label = task
+    volume, params, got, rc = simulate_case(np.random.default_rng(seed), label, sampler)
+    row: dict[str, Any] = {
+        "seed": seed, "label": got, "voxel_mm": list(params.voxel_mm),
+        "target": [params.fwhm_mm, params.overshoot, params.cov],
+        "features": image_features(volume, params.voxel_mm).tolist()}
+    if compare:
+        result = classify_volume(volume, params.voxel_mm, bundle_at(compare), all_stages=True)
+        row["compare"] = [result.p_earl, result.p_earl2]
+    return row
+
+
+def make_row_job(job: tuple[tuple[int, str], str, str | None]) -> dict[str, Any]:
+    return make_row(*job)
+
+
+def fit_params(x: np.ndarray, y: np.ndarray, seed: int, epochs: int = EPOCHS) -> ParamNet:
+    """Full-batch AdamW on the standardised targets (a few seconds on a CPU)."""
+    torch.manual_seed(seed)
+    net = ParamNet(x.shape[1])
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    net.x_mean.copy_(xt.mean(0))
+    net.x_std.copy_(xt.std(0).clamp_min(1e-6))
+    net.y_mean.copy_(yt.mean(0))
+    net.y_std.copy_(yt.std(0).clamp_min(1e-6))
+    target = (yt - net.y_mean) / net.y_std
+    opt = torch.optim.AdamW(net.parameters(), LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    net.train()
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss = torch.mean((net.normalised(xt) - target) ** 2)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+@torch.inference_mode()
+def predict(net: ParamNet, x: np.ndarray) -> np.ndarray:
+    return net(torch.tensor(x, dtype=torch.float32)).numpy()
+
+
+def out_of_fold(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Predictions of each training case by a model that did not see it (K folds)."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    pred = np.zeros_like(y)
+    for k, fold in enumerate(np.array_split(order, FOLDS)):
+        rest = np.setdiff1d(order, fold)
+        pred[fold] = predict(fit_params(x[rest], y[rest], seed + 1 + k), x[fold])
+    return pred
+
+
+def residual_stats(pred: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float]]:
+    err = pred - y
+    return {k: {"sd": float(err[:, i].std()), "mae": float(np.abs(err[:, i]).mean()),
+                "bias": float(err[:, i].mean())} for i, k in enumerate(PARAMS)}
+
+
+def classify_row(job: tuple[list[float], list[float]], bundle: Bundle) -> EarlResult:
+    """The daemon's decision from a precomputed feature vector (runs in a worker)."""
+    features, voxel = job
+    return classify_volume(None, tuple(voxel), bundle,  # type: ignore[arg-type]
+                           features=np.asarray(features, dtype=np.float32))
+
+
+def phantom_p_earl(job: tuple[list[float], list[float]], sd: dict[str, float]) -> float:
+    """P(EARL) of the virtual phantom for one estimate row (runs in a worker)."""
+    estimate, voxel = job
+    grid = (float(voxel[0]), float(voxel[1]), float(voxel[2]))
+    return physest.virtual_phantom(physest.as_params(estimate), grid, sd).p_earl
+
+
+def tune_stage1(labels: list[str], estimates: np.ndarray, voxels: list[list[float]],
+                sd: dict[str, float], seed: int, workers: int, n: int = TUNE_CASES
+                ) -> dict[str, Any]:
+    """Stage-1 threshold with the best accuracy on ``n`` training cases' out-of-fold
+    estimates (ties: the highest threshold, the fewer EARL calls). Held-out cases take
+    no part."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(labels), min(n, len(labels)),
+                                                     replace=False))
+    job = functools.partial(phantom_p_earl, sd=sd)
+    p = np.asarray(list(map_in_order(job, [(estimates[i].tolist(), voxels[i]) for i in pick],
+                                     workers)))
+    earl = np.asarray([labels[i] != "clinical" for i in pick])
+    table = {f"{t:.2f}": float(np.mean((p >= t) == earl)) for t in STAGE1_GRID}
+    best = max(table.values())
+    chosen = max(float(t) for t, acc in table.items() if acc == best)
+    return {"cases": int(len(pick)), "stage1_accuracy_by_threshold": table, "chosen": chosen}
+
+
+def load_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
+    """Simulated rows and the seconds simulating them took, from ``--cache`` when it
+    holds this exact request."""
+    request = {"n_per_class": args.n_per_class, "seed": args.seed, "sampler": args.sampler,
+               "features": FEATURES_VERSION, "compare": str(args.compare or "")}
+    if args.cache and args.cache.is_file():
+        cached = json.loads(args.cache.read_text())
+        if cached.get("request") == request:
+            LOGGER.info("read %d cases from %s", len(cached["rows"]), args.cache)
+            return list(cached["rows"]), float(cached.get("seconds", float("nan")))
+    tasks = case_tasks(args.n_per_class, args.seed)
+    held_out = set(split_indices([label for _, label in tasks], args.seed, TEST_FRACTION)[1])
+    compare = str(args.compare.resolve()) if args.compare else None
+    jobs = [(task, args.sampler, compare if i in held_out else None)
+            for i, task in enumerate(tasks)]
+    started = time.time()
+    rows = []
+    for i, row in enumerate(map_in_order(make_row_job, jobs, args.workers)):
+        rows.append(row)
+        if (i + 1) % 50 == 0:
+            LOGGER.info("simulated %d/%d cases", i + 1, len(tasks))
+    seconds = time.time() - started
+    if args.cache:
+        args.cache.write_text(json.dumps({"request": request, "rows": rows,
+                                          "seconds": seconds}))
+    return rows, seconds
+
+
+def save_weights(out: Path, net: ParamNet, thresholds: Thresholds,
+                 spec_extra: dict[str, Any]) -> Bundle:
+    """Write the weights; the bundle they make, held in memory until it is evaluated."""
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / "weights.pt"
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, weights)
+    spec = {"name": "earl", "version": out.name, "architecture": ARCHITECTURE,
+            "weights": weights.name, "sha256": sha256_file(weights),
+            "labels": ["clinical", "EARL1", "EARL2", "indeterminate"],
+            "input": {"features": list(FEATURE_NAMES), "units": "SUVbw"},
+            "preprocessing": FEATURES_VERSION,
+            "thresholds": vars(thresholds), **spec_extra}
+    return Bundle("earl", out.name, out, spec, spec["sha256"])
+
+
+def write_spec(bundle: Bundle) -> None:
+    """model.json and the card beside the weights: the bundle is complete."""
+    from training.earl.card import model_card
+
+    (bundle.path / "model.json").write_text(json.dumps(bundle.spec, indent=2) + "\n")
+    (bundle.path / "MODEL_CARD.md").write_text(model_card(bundle.spec))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n-per-class", type=int, default=400)
+    p.add_argument("--seed", type=int, default=20261207)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER)
+    p.add_argument("--out", type=Path, required=True, help="bundle folder models/earl/<version>")
+    p.add_argument("--compare", type=Path, help="another EARL bundle to run on the held-out cases")
+    p.add_argument("--cache", type=Path, help="JSON of the simulated rows (read if it matches)")
+    args = p.parse_args(argv)
+    if args.n_per_class < 10 or args.workers < 1:
+        p.error("--n-per-class must be >= 10 and --workers >= 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    rows, simulated = load_rows(args)
+    train_idx, test_idx = split_indices([r["label"] for r in rows], args.seed, TEST_FRACTION)
+    x = np.asarray([rows[i]["features"] for i in train_idx], dtype=np.float32)
+    y = np.asarray([rows[i]["target"] for i in train_idx], dtype=np.float32)
+    t0 = time.time()
+    oof_pred = out_of_fold(x, y, args.seed)
+    oof = residual_stats(oof_pred, y)
+    net = fit_params(x, y, args.seed)
+    fit_seconds = time.time() - t0
+    sd = {k: v["sd"] for k, v in oof.items()}
+    tuning = tune_stage1([rows[i]["label"] for i in train_idx], oof_pred,
+                         [rows[i]["voxel_mm"] for i in train_idx], sd, args.seed, args.workers)
+    LOGGER.info("stage-1 threshold on out-of-fold training estimates: %s", tuning)
+    test = [rows[i] for i in test_idx]
+    held_pred = predict(net, np.asarray([r["features"] for r in test], dtype=np.float32))
+    held_err = residual_stats(held_pred, np.asarray([r["target"] for r in test]))
+    LOGGER.info("estimator out-of-fold %s; held-out %s", oof, held_err)
+    command = (f"python -m training.earl.physest --n-per-class {args.n_per_class} "
+               f"--seed {args.seed}"
+               + (f" --sampler {args.sampler}" if args.sampler != DEFAULT_SAMPLER else "")
+               + (f" --compare {args.compare}" if args.compare else "")
+               + f" --out {args.out}")
+    extra: dict[str, Any] = {
+        "estimator_sd": sd, "threshold_tuning": tuning,
+        "training": {"seed": args.seed, "epochs": EPOCHS, "n_train_cases": len(train_idx),
+                     "n_test_cases": len(test_idx), "sampler": args.sampler,
+                     "data": "simulated FDG PET, see MODEL_CARD.md", "trained_on": "CPU",
+                     "seconds": round(fit_seconds, 1),
+                     "simulation_seconds": round(simulated, 1), "workers": args.workers,
+                     "date": dt.date.today().isoformat(), "command": command},
+        "estimator": {"out_of_fold_train": oof, "held_out": held_err}}
+    bundle = save_weights(args.out, net, Thresholds(stage1=tuning["chosen"]), extra)
+    job = functools.partial(classify_row, bundle=bundle)
+    results = list(map_in_order(job, [(r["features"], r["voxel_mm"]) for r in test],
+                                args.workers))
+    thresholds = Thresholds.from_spec(bundle.spec)
+    labels = [r["label"] for r in test]
+    metrics = case_metrics(labels, [(r.p_earl, r.p_earl2 if r.p_earl2 is not None else 0.5)
+                                    for r in results], thresholds)
+    keys = ("stage1_accuracy", "stage2_accuracy", "accuracy_per_class")
+    comparison: dict[str, Any] = {
+        f"earl/{bundle.version} ({ARCHITECTURE})": {k: metrics[k] for k in keys}}
+    if args.compare:
+        other: Bundle = bundle_at(str(args.compare.resolve()))
+        cm = case_metrics(labels, [tuple(r["compare"]) for r in test],
+                          Thresholds.from_spec(other.spec))
+        comparison[f"{other.name}/{other.version} ({other.spec.get('architecture')})"] = {
+            k: cm[k] for k in keys}
+    bundle.spec["metrics"] = {"held_out_simulated": metrics}
+    bundle.spec["comparison_same_cases"] = comparison
+    write_spec(bundle)
+    LOGGER.info("held-out stage 1 %.4f, stage 2 %.4f, per class %s; comparison %s",
+                metrics["stage1_accuracy"], metrics["stage2_accuracy"],
+                metrics["accuracy_per_class"], comparison)
+    print(json.dumps({"metrics": metrics, "comparison": comparison,
+                      "estimator": extra["estimator"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
