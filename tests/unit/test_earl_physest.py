@@ -23,6 +23,7 @@ from qcd.analyzers.earl.phantom import ReconParams, apply_recon
 from qcd.bundles import SHIPPED_MODELS, load_bundle
 from qcd.errors import InferenceError
 from training.earl.card import model_card
+from training.earl import physest as trainer
 from training.earl.physest import fit_params, predict, residual_stats
 
 SPACING = (3.0, 3.0, 3.0)
@@ -166,3 +167,17 @@ def test_shipped_physest_bundle_card_and_estimate(version: str) -> None:
 
 def test_a_physest_bundle_is_found_in_the_shipped_models() -> None:
     assert PHYSEST, "no physest EARL bundle shipped"
+
+
+def test_stage1_threshold_is_tuned_on_training_estimates_ties_to_the_highest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """P(EARL) stands in as the first estimate column: EARL cases at 0.3, clinical at 0.1,
+    so every threshold in (0.1, 0.3] separates them; the highest such grid point wins."""
+    monkeypatch.setattr(trainer, "phantom_p_earl", lambda job, sd: job[0][0])
+    labels = ["EARL1", "clinical"] * 10
+    estimates = np.array([[0.3, 0, 0], [0.1, 0, 0]] * 10)
+    tuned = trainer.tune_stage1(labels, estimates, [[3.0, 3.0, 3.0]] * 20, {}, seed=0,
+                                workers=1, n=20)
+    assert tuned["chosen"] == 0.3 and tuned["cases"] == 20
+    assert tuned["stage1_accuracy_by_threshold"]["0.10"] == 0.5
+    assert tuned["stage1_accuracy_by_threshold"]["0.35"] == 0.5

@@ -119,8 +119,8 @@ def residual_stats(pred: np.ndarray, y: np.ndarray) -> dict[str, dict[str, float
 def classify_row(job: tuple[list[float], list[float]], bundle: Bundle) -> EarlResult:
     """The daemon's decision from a precomputed feature vector (runs in a worker)."""
     features, voxel = job
-    return classify_volume(None, tuple(voxel), bundle,  # type: ignore[arg-type]
-                           features=np.asarray(features, dtype=np.float32))
+    grid = (float(voxel[0]), float(voxel[1]), float(voxel[2]))
+    return classify_volume(None, grid, bundle, features=np.asarray(features, np.float32))
 
 
 def phantom_p_earl(job: tuple[list[float], list[float]], sd: dict[str, float]) -> float:
