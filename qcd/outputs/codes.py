@@ -134,9 +134,11 @@ class CodeRow:
 CODE_TABLE: tuple[CodeRow, ...] = (
     CodeRow(IMAGE_QUALITY_ANALYSIS, "Procedure reported (TID 1500) of every qcd report."),
     CodeRow(EARL_ASSESSMENT, "Finding type of the measurement group holding the `earl` "
-            "analyzer's CNN results."),
-    CodeRow(EARL_CLASS, "Concept name: the reconstruction class decided by the two-stage EARL "
-            "CNN. Values: EARL1, EARL2, CLINICAL, or SCT 82334004 Indeterminate."),
+            "analyzer's results (CNN bundles or the physics-estimate bundle)."),
+    CodeRow(EARL_CLASS, "Concept name: the reconstruction class decided by the `earl` "
+            "bundle's two-stage rule (CNNs, or the image-derived parameters measured on a "
+            "virtual NEMA phantom). Values: EARL1, EARL2, CLINICAL, or SCT 82334004 "
+            "Indeterminate."),
     CodeRow(EARL1, "Value of EARL compliance class: meets the EARL1 (EANM Research Ltd "
             "standard 1) harmonisation specification."),
     CodeRow(EARL2, "Value of EARL compliance class: meets the EARL2 specification."),
@@ -144,15 +146,20 @@ CODE_TABLE: tuple[CodeRow, ...] = (
             "reconstruction, e.g. PSF with little or no post-filter."),
     CodeRow(INDETERMINATE, "Value of EARL compliance class: EARL-compliant but neither EARL1 "
             "nor EARL2 passed its threshold, or no SUV could be computed."),
-    CodeRow(P_EARL, "Measurement (UCUM 1): slice-averaged stage-1 CNN probability that the "
-            "reconstruction is EARL-compliant (EARL1 or EARL2)."),
-    CodeRow(P_EARL2, "Measurement (UCUM 1): slice-averaged stage-2 CNN probability of EARL2 "
-            "given EARL compliance; absent when stage 1 said clinical."),
+    CodeRow(P_EARL, "Measurement (UCUM 1): probability that the reconstruction is "
+            "EARL-compliant (EARL1 or EARL2): slice-averaged stage-1 CNN output, or, for a "
+            "physics-estimate bundle, the share of virtual-phantom draws around the estimate "
+            "that are compliant."),
+    CodeRow(P_EARL2, "Measurement (UCUM 1): probability of EARL2 given EARL compliance "
+            "(stage-2 CNN, slice-averaged, or the EARL2 share of the compliant phantom "
+            "draws); absent when stage 1 said clinical."),
     CodeRow(HEADER_CNN_DISAGREEMENT, "Qualitative evaluation: the header-based expectation and "
-            "the CNN class contradict each other (text answer says which way)."),
-    CodeRow(EARL_EFFECTIVE_FWHM, "Measurement (mm): the stage-1 CNN's estimate of the "
-            "reconstruction's effective Gaussian FWHM (bundles with auxiliary outputs; "
-            "overshoot and noise COV in the payload)."),
+            "the model's class (CNN or physics estimate) contradict each other (text answer "
+            "says which way)."),
+    CodeRow(EARL_EFFECTIVE_FWHM, "Measurement (mm): the estimate of the reconstruction's "
+            "effective Gaussian FWHM (physics-estimate bundles, e.g. earl 2.0.0, from "
+            "body-outline edge spread, power spectrum and noise; or CNN bundles with "
+            "auxiliary outputs); overshoot and noise COV in the payload."),
     CodeRow(EARL_PROTOCOL_CAVEAT, "Qualitative evaluation: the header matches a protocol "
             "family on which the model bundle's own check found stage 1 below 90% (text "
             "answer gives the accuracy); confirm the class with the site's phantom."),
