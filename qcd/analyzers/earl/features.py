@@ -29,6 +29,7 @@ from typing import Final
 import numpy as np
 from scipy import ndimage
 
+from qcd.analyzers.earl.preprocess import activity_centre
 from qcd.errors import InferenceError
 
 FEATURES_VERSION: Final = "earl-phys-1"
@@ -150,10 +151,7 @@ def central_band(volume: np.ndarray, spacing: tuple[float, float, float]) -> np.
         if n <= keep:
             index.append(slice(None))
             continue
-        other = tuple(a for a in range(3) if a != axis)
-        profile = np.clip(volume, 0, None).sum(axis=other, dtype=np.float64)
-        total = profile.sum()
-        centre = (profile * np.arange(n)).sum() / total if total > 0 else (n - 1) / 2
+        centre = activity_centre(volume, axis)
         start = min(max(int(round(centre - (keep - 1) / 2)), 0), n - keep)
         index.append(slice(start, start + keep))
     return volume[tuple(index)]

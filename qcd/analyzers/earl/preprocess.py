@@ -80,13 +80,20 @@ def edge_image(volume: np.ndarray, spacing: tuple[float, float, float],
     return (volume - blurred).astype(np.float32)
 
 
-def body_center_x(volume: np.ndarray) -> float:
-    """x position (in voxels) of the activity's centre of mass: "central" follows the body."""
-    profile = np.clip(volume, 0, None).sum(axis=(0, 1), dtype=np.float64)
+def activity_centre(volume: np.ndarray, axis: int) -> float:
+    """Position (in voxels) along ``axis`` of the activity's centre of mass (negative
+    values ignored); the middle of the axis when there is no activity."""
+    other = tuple(a for a in range(volume.ndim) if a != axis)
+    profile = np.clip(volume, 0, None).sum(axis=other, dtype=np.float64)
     total = profile.sum()
     if total <= 0:
-        return (volume.shape[2] - 1) / 2
+        return (volume.shape[axis] - 1) / 2
     return float((profile * np.arange(profile.size)).sum() / total)
+
+
+def body_center_x(volume: np.ndarray) -> float:
+    """x position (in voxels) of the activity's centre of mass: "central" follows the body."""
+    return activity_centre(volume, 2)
 
 
 def central_indices(volume: np.ndarray, n: int) -> np.ndarray:
