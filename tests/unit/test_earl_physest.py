@@ -25,6 +25,7 @@ from qcd.errors import InferenceError
 from training.earl.card import model_card
 from training.earl import physest as trainer
 from training.earl.physest import fit_params, predict, residual_stats
+from training.earl.simulate import REGRESSION_BOXES, simulate_unlabelled
 
 SPACING = (3.0, 3.0, 3.0)
 N_ESF = len(ESF_MM)
@@ -173,7 +174,8 @@ def test_stage1_threshold_is_tuned_on_training_estimates_ties_to_the_highest(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """P(EARL) stands in as the first estimate column: EARL cases at 0.3, clinical at 0.1,
     so every threshold in (0.1, 0.3] separates them; the highest such grid point wins."""
-    monkeypatch.setattr(trainer, "phantom_p_earl", lambda job, sd: job[0][0])
+    monkeypatch.setattr(trainer, "phantom_p_earl",
+                        lambda job, sd, rng_scheme="sequential": job[0][0])
     labels = ["EARL1", "clinical"] * 10
     estimates = np.array([[0.3, 0, 0], [0.1, 0, 0]] * 10)
     tuned = trainer.tune_stage1(labels, estimates, [[3.0, 3.0, 3.0]] * 20, {}, seed=0,
@@ -181,3 +183,52 @@ def test_stage1_threshold_is_tuned_on_training_estimates_ties_to_the_highest(
     assert tuned["chosen"] == 0.3 and tuned["cases"] == 20
     assert tuned["stage1_accuracy_by_threshold"]["0.10"] == 0.5
     assert tuned["stage1_accuracy_by_threshold"]["0.35"] == 0.5
+
+
+def test_unlabelled_regression_cases_cover_the_widened_prior_and_are_reproducible() -> None:
+    volume, params = simulate_unlabelled(np.random.default_rng([7, trainer.EXTRA_STREAM, 0]))
+    again, same = simulate_unlabelled(np.random.default_rng([7, trainer.EXTRA_STREAM, 0]))
+    assert same == params and np.array_equal(volume, again)
+    assert volume.dtype == np.float32 and volume.shape[1] == round(260.0 / params.voxel_mm[1])
+    lo = {k: min(box[k][0] for box in REGRESSION_BOXES) for k in ("fwhm_mm", "overshoot", "cov")}
+    hi = {k: max(box[k][1] for box in REGRESSION_BOXES) for k in lo}
+    assert all(lo[k] <= getattr(params, k) <= hi[k] for k in lo)
+    assert hi["fwhm_mm"] > 10.0, "the regression prior must reach past the EARL1 edge"
+
+
+def test_out_of_fold_trains_every_fold_on_the_extra_cases_and_predicts_only_labelled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[tuple[int, int]] = []
+    real_fit = trainer.fit_params
+
+    def fit(x: np.ndarray, y: np.ndarray, seed: int, epochs: int = trainer.EPOCHS
+            ) -> physest.ParamNet:
+        sizes.append((len(x), epochs))
+        return real_fit(x, y, seed, epochs=epochs)
+
+    monkeypatch.setattr(trainer, "fit_params", fit)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(50, 4)).astype(np.float32), rng.normal(size=(50, 3)).astype(np.float32)
+    extra = (rng.normal(size=(7, 4)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32))
+    pred = trainer.out_of_fold(x, y, seed=0, extra=extra, epochs=5)
+    assert pred.shape == y.shape and np.all(pred != 0)
+    assert sizes == [(40 + 7, 5)] * trainer.FOLDS
+
+
+def test_per_draw_phantom_gives_the_same_answer_on_any_number_of_threads() -> None:
+    estimate = {"fwhm_mm": 8.2, "overshoot": 0.05, "cov": 0.05}
+    sd = {"fwhm_mm": 0.3, "overshoot": 0.02, "cov": 0.002}
+    one = physest.virtual_phantom(estimate, (4.0, 4.0, 4.0), sd, draws=6, rng_scheme="per-draw")
+    many = physest.virtual_phantom(estimate, (4.0, 4.0, 4.0), sd, draws=6,
+                                   rng_scheme="per-draw", threads=4)
+    assert one == many and sum(one.counts.values()) == 6
+
+
+def test_the_phantom_rng_scheme_comes_from_the_bundle_and_is_validated() -> None:
+    assert physest.rng_scheme({}) == "sequential"
+    assert physest.rng_scheme({"phantom": {"rng": "per-draw"}}) == "per-draw"
+    with pytest.raises(ValueError, match="unknown phantom rng scheme"):
+        physest.rng_scheme({"phantom": {"rng": "dice"}})
+    with pytest.raises(ValueError, match="unknown phantom rng scheme"):
+        physest.virtual_phantom({"fwhm_mm": 8.0, "overshoot": 0.0, "cov": 0.05},
+                                (4.0, 4.0, 4.0), {}, draws=1, rng_scheme="dice")

@@ -320,6 +320,19 @@ _COMMON_LIMITS = """- FDG whole-body only; other tracers and organ-specific prot
   `indeterminate` band exists for that reason."""
 
 
+def _regression_cases(training: dict[str, Any]) -> str:
+    """The card's sentence on ``--extra-cases`` (none for bundles trained without)."""
+    n = int(training.get("n_regression_cases", 0))
+    if not n:
+        return ""
+    return (f" The estimator also learnt from {n} unlabelled regression cases (bodies"
+            " reconstructed with parameters drawn from the prior widened to 3-12 mm FWHM and"
+            " from the neighbourhood of the EARL bands, `training.earl.simulate."
+            "REGRESSION_BOXES`; own seed stream): they enter every cross-validation fold's"
+            " training set and the final fit, never the out-of-fold residuals, the threshold"
+            " tuning or the held-out evaluation.")
+
+
 def physest_card(spec: dict[str, Any]) -> str:
     """The card of a ``physest`` bundle (estimate the reconstruction, measure a virtual
     phantom)."""
@@ -392,7 +405,7 @@ noise COV). Weights sha256 `{spec['sha256']}`.
 {_sampler_text(t.get('sampler', 'sim-1'))}
 {t['n_train_cases']} training and {t['n_test_cases']} held-out cases (balanced classes, split
 by case as `training.earl.train` splits them), seed {t['seed']}; regression targets are the
-simulation's own FWHM, overshoot and COV. Simulation and features
+simulation's own FWHM, overshoot and COV.{_regression_cases(t)} Simulation and features
 {t['simulation_seconds']} s on {t['workers']} CPU workers, fitting {t['seconds']} s on the CPU.
 Reproduce: `{t['command']}`.
 

@@ -37,7 +37,7 @@ from qcd.analyzers.earl.physest import ARCHITECTURE, PARAMS, ParamNet
 from qcd.bundles import Bundle, sha256_file
 from training.earl.analyze import bundle_at, map_in_order
 from training.earl.cases import case_tasks, split_indices
-from training.earl.simulate import DEFAULT_SAMPLER, SAMPLERS, simulate_case
+from training.earl.simulate import DEFAULT_SAMPLER, SAMPLERS, simulate_case, simulate_unlabelled
 from training.earl.train import case_metrics
 
 LOGGER = logging.getLogger("training.earl.physest")
@@ -48,6 +48,8 @@ WEIGHT_DECAY = 1e-3
 FOLDS = 5
 TEST_FRACTION = 0.2
 TUNE_CASES = 300
+EXTRA_STREAM = 1
+"""Seed-stream tag of the unlabelled regression cases (``--extra-cases``)."""
 STAGE1_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(9))
 """Stage-1 thresholds tried on out-of-fold training estimates (0.1-0.5). P(EARL) is the
 share of phantom draws around the estimate that are compliant; the EARL regions are
@@ -75,6 +77,15 @@ def make_row_job(job: tuple[tuple[int, str], str, str | None]) -> dict[str, Any]
     return make_row(*job)
 
 
+def make_extra_row(index: int, seed: int) -> dict[str, Any]:
+    """One unlabelled regression case (:func:`simulate_unlabelled`); its own seed stream,
+    disjoint from the labelled cases'. Runs in a worker."""
+    volume, params = simulate_unlabelled(np.random.default_rng([seed, EXTRA_STREAM, index]))
+    return {"index": index, "voxel_mm": list(params.voxel_mm),
+            "target": [params.fwhm_mm, params.overshoot, params.cov],
+            "features": image_features(volume, params.voxel_mm).tolist()}
+
+
 def fit_params(x: np.ndarray, y: np.ndarray, seed: int, epochs: int = EPOCHS) -> ParamNet:
     """Full-batch AdamW on the standardised targets (a few seconds on a CPU)."""
     torch.manual_seed(seed)
@@ -100,13 +111,22 @@ def predict(net: ParamNet, x: np.ndarray) -> np.ndarray:
     return net(torch.tensor(x, dtype=torch.float32)).numpy()
 
 
-def out_of_fold(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """Predictions of each training case by a model that did not see it (K folds)."""
+def out_of_fold(x: np.ndarray, y: np.ndarray, seed: int,
+                extra: tuple[np.ndarray, np.ndarray] | None = None, epochs: int = EPOCHS
+                ) -> np.ndarray:
+    """Predictions of each training case by a model that did not see it (K folds).
+
+    ``extra`` (features, targets) of unlabelled regression cases join every fold's
+    training set and are never predicted: the residuals describe the labelled cases,
+    the distribution the daemon's decisions are judged on."""
     order = np.random.default_rng(seed).permutation(len(x))
     pred = np.zeros_like(y)
     for k, fold in enumerate(np.array_split(order, FOLDS)):
         rest = np.setdiff1d(order, fold)
-        pred[fold] = predict(fit_params(x[rest], y[rest], seed + 1 + k), x[fold])
+        xr, yr = x[rest], y[rest]
+        if extra is not None:
+            xr, yr = np.concatenate([xr, extra[0]]), np.concatenate([yr, extra[1]])
+        pred[fold] = predict(fit_params(xr, yr, seed + 1 + k, epochs), x[fold])
     return pred
 
 
@@ -123,22 +143,24 @@ def classify_row(job: tuple[list[float], list[float]], bundle: Bundle) -> EarlRe
     return classify_volume(None, grid, bundle, features=np.asarray(features, np.float32))
 
 
-def phantom_p_earl(job: tuple[list[float], list[float]], sd: dict[str, float]) -> float:
+def phantom_p_earl(job: tuple[list[float], list[float]], sd: dict[str, float],
+                   rng_scheme: str = "sequential") -> float:
     """P(EARL) of the virtual phantom for one estimate row (runs in a worker)."""
     estimate, voxel = job
     grid = (float(voxel[0]), float(voxel[1]), float(voxel[2]))
-    return physest.virtual_phantom(physest.as_params(estimate), grid, sd).p_earl
+    return physest.virtual_phantom(physest.as_params(estimate), grid, sd,
+                                   rng_scheme=rng_scheme).p_earl
 
 
 def tune_stage1(labels: list[str], estimates: np.ndarray, voxels: list[list[float]],
-                sd: dict[str, float], seed: int, workers: int, n: int = TUNE_CASES
-                ) -> dict[str, Any]:
+                sd: dict[str, float], seed: int, workers: int, n: int = TUNE_CASES,
+                rng_scheme: str = "sequential") -> dict[str, Any]:
     """Stage-1 threshold with the best accuracy on ``n`` training cases' out-of-fold
     estimates (ties: the highest threshold, the fewer EARL calls). Held-out cases take
     no part."""
     pick = np.sort(np.random.default_rng(seed).choice(len(labels), min(n, len(labels)),
                                                      replace=False))
-    job = functools.partial(phantom_p_earl, sd=sd)
+    job = functools.partial(phantom_p_earl, sd=sd, rng_scheme=rng_scheme)
     p = np.asarray(list(map_in_order(job, [(estimates[i].tolist(), voxels[i]) for i in pick],
                                      workers)))
     earl = np.asarray([labels[i] != "clinical" for i in pick])
@@ -176,6 +198,31 @@ def load_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
     return rows, seconds
 
 
+def load_extra_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
+    """``--extra-cases`` unlabelled regression rows (and seconds), cached beside ``--cache``
+    as ``<stem>-extra.json`` when it holds this exact request."""
+    if args.extra_cases <= 0:
+        return [], 0.0
+    request = {"extra_cases": args.extra_cases, "seed": args.seed, "features": FEATURES_VERSION}
+    cache = args.cache.with_name(args.cache.stem + "-extra.json") if args.cache else None
+    if cache and cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("request") == request:
+            LOGGER.info("read %d regression cases from %s", len(cached["rows"]), cache)
+            return list(cached["rows"]), float(cached.get("seconds", float("nan")))
+    started = time.time()
+    job = functools.partial(make_extra_row, seed=args.seed)
+    rows = []
+    for i, row in enumerate(map_in_order(job, range(args.extra_cases), args.workers)):
+        rows.append(row)
+        if (i + 1) % 50 == 0:
+            LOGGER.info("simulated %d/%d regression cases", i + 1, args.extra_cases)
+    seconds = time.time() - started
+    if cache:
+        cache.write_text(json.dumps({"request": request, "rows": rows, "seconds": seconds}))
+    return rows, seconds
+
+
 def save_weights(out: Path, net: ParamNet, thresholds: Thresholds,
                  spec_extra: dict[str, Any]) -> Bundle:
     """Write the weights; the bundle they make, held in memory until it is evaluated."""
@@ -208,22 +255,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="bundle folder models/earl/<version>")
     p.add_argument("--compare", type=Path, help="another EARL bundle to run on the held-out cases")
     p.add_argument("--cache", type=Path, help="JSON of the simulated rows (read if it matches)")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="full-batch AdamW steps")
+    p.add_argument("--phantom-rng", choices=physest.RNG_SCHEMES, default="sequential",
+                   help="the virtual phantom's random-number scheme the bundle records")
+    p.add_argument("--extra-cases", type=int, default=0,
+                   help="unlabelled regression cases added to the estimator's training data")
     args = p.parse_args(argv)
-    if args.n_per_class < 10 or args.workers < 1:
-        p.error("--n-per-class must be >= 10 and --workers >= 1")
+    if args.n_per_class < 10 or args.workers < 1 or args.extra_cases < 0 or args.epochs < 1:
+        p.error("--n-per-class must be >= 10, --workers and --epochs >= 1, --extra-cases >= 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rows, simulated = load_rows(args)
+    extra_rows, extra_simulated = load_extra_rows(args)
     train_idx, test_idx = split_indices([r["label"] for r in rows], args.seed, TEST_FRACTION)
     x = np.asarray([rows[i]["features"] for i in train_idx], dtype=np.float32)
     y = np.asarray([rows[i]["target"] for i in train_idx], dtype=np.float32)
+    regression = (
+        np.asarray([r["features"] for r in extra_rows], dtype=np.float32).reshape(-1, x.shape[1]),
+        np.asarray([r["target"] for r in extra_rows], dtype=np.float32).reshape(-1, 3))
     t0 = time.time()
-    oof_pred = out_of_fold(x, y, args.seed)
+    oof_pred = out_of_fold(x, y, args.seed, regression if extra_rows else None, args.epochs)
     oof = residual_stats(oof_pred, y)
-    net = fit_params(x, y, args.seed)
+    net = fit_params(np.concatenate([x, regression[0]]), np.concatenate([y, regression[1]]),
+                     args.seed, args.epochs)
     fit_seconds = time.time() - t0
     sd = {k: v["sd"] for k, v in oof.items()}
     tuning = tune_stage1([rows[i]["label"] for i in train_idx], oof_pred,
-                         [rows[i]["voxel_mm"] for i in train_idx], sd, args.seed, args.workers)
+                         [rows[i]["voxel_mm"] for i in train_idx], sd, args.seed, args.workers,
+                         rng_scheme=args.phantom_rng)
     LOGGER.info("stage-1 threshold on out-of-fold training estimates: %s", tuning)
     test = [rows[i] for i in test_idx]
     held_pred = predict(net, np.asarray([r["features"] for r in test], dtype=np.float32))
@@ -232,15 +290,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = (f"python -m training.earl.physest --n-per-class {args.n_per_class} "
                f"--seed {args.seed}"
                + (f" --sampler {args.sampler}" if args.sampler != DEFAULT_SAMPLER else "")
+               + (f" --epochs {args.epochs}" if args.epochs != EPOCHS else "")
+               + (f" --extra-cases {args.extra_cases}" if args.extra_cases else "")
+               + (f" --phantom-rng {args.phantom_rng}" if args.phantom_rng != "sequential"
+                  else "")
                + (f" --compare {args.compare}" if args.compare else "")
                + f" --out {args.out}")
     extra: dict[str, Any] = {
         "estimator_sd": sd, "threshold_tuning": tuning,
-        "training": {"seed": args.seed, "epochs": EPOCHS, "n_train_cases": len(train_idx),
+        **({"phantom": {"rng": args.phantom_rng}} if args.phantom_rng != "sequential" else {}),
+        "training": {"seed": args.seed, "epochs": args.epochs, "n_train_cases": len(train_idx),
                      "n_test_cases": len(test_idx), "sampler": args.sampler,
+                     "n_regression_cases": len(extra_rows),
                      "data": "simulated FDG PET, see MODEL_CARD.md", "trained_on": "CPU",
                      "seconds": round(fit_seconds, 1),
-                     "simulation_seconds": round(simulated, 1), "workers": args.workers,
+                     "simulation_seconds": round(simulated + extra_simulated, 1),
+                     "workers": args.workers,
                      "date": dt.date.today().isoformat(), "command": command},
         "estimator": {"out_of_fold_train": oof, "held_out": held_err}}
     bundle = save_weights(args.out, net, Thresholds(stage1=tuning["chosen"]), extra)

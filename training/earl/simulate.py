@@ -314,6 +314,32 @@ def simulate_case(rng: np.random.Generator, label: str, sampler: str = DEFAULT_S
     return apply_recon(body, params, rng), params, label, rc
 
 
+REGRESSION_BOXES: Final = (
+    {"fwhm_mm": (3.0, 12.0), "overshoot": (0.0, 0.5), "cov": (0.03, 0.20)},
+    {"fwhm_mm": (5.5, 11.0), "overshoot": (0.0, 0.4), "cov": (0.03, 0.12)},
+)
+"""Where unlabelled regression cases are drawn (equal shares): the prior widened past
+10 mm, so that an estimator has support beyond the EARL1 edge (~9.6 mm) and does not
+shrink over-smoothed reconstructions towards it, and the neighbourhood of the EARL bands,
+where a few hundredths of a millimetre decide the class."""
+
+
+def simulate_unlabelled(rng: np.random.Generator) -> tuple[np.ndarray, ReconParams]:
+    """A reconstruction drawn from :data:`REGRESSION_BOXES`, applied to a random body.
+
+    No phantom label: a parameter estimator needs only the truth the simulation knows,
+    so these cases cost a body and a reconstruction, not a rejection-sampled label.
+    """
+    box = REGRESSION_BOXES[int(rng.integers(len(REGRESSION_BOXES)))]
+    in_plane = float(rng.choice(IN_PLANE_MM))
+    slice_mm = round(float(rng.uniform(*SLICE_MM)), 2)
+    draw = {k: float(rng.uniform(*v)) for k, v in box.items()}
+    params = ReconParams((slice_mm, in_plane, in_plane), draw["fwhm_mm"], draw["overshoot"],
+                         draw["cov"])
+    body = render_body(params, rng, shape_mm=(float(rng.uniform(*Z_EXTENT_MM)), 260.0, 160.0))
+    return apply_recon(body, params, rng), params
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Write a few simulated cases as .npz for inspection; print timings and class counts."""
     parser = argparse.ArgumentParser(description=main.__doc__)

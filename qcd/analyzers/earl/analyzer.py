@@ -139,7 +139,9 @@ def classify_volume(volume_suv: np.ndarray | None, spacing: tuple[float, float, 
             features = image_features(volume_suv, spacing)
         row = predict(f"{tag}:params", loaded, torch.from_numpy(features[None, :]))[0]
         params = physest.as_params(row)
-        verdict = physest.virtual_phantom(params, spacing, physest.estimator_sd(bundle.spec))
+        verdict = physest.virtual_phantom(params, spacing, physest.estimator_sd(bundle.spec),
+                                          rng_scheme=physest.rng_scheme(bundle.spec),
+                                          threads=torch.get_num_threads())
         return EarlResult(
             verdict.p_earl, verdict.p_earl2,
             {"method": "image-derived reconstruction parameters -> virtual NEMA IEC phantom",

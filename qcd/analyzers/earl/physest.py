@@ -20,6 +20,7 @@ is reported with it (``earl_effective_fwhm``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -40,6 +41,7 @@ DRAWS: Final = 16
 POSITIONS: Final = 2
 NOISE_DRAWS: Final = 2
 SEED: Final = 20261207
+RNG_SCHEMES: Final = ("sequential", "per-draw")
 """Fixed seed of the virtual phantom: the same series always gets the same answer."""
 
 
@@ -89,30 +91,56 @@ class PhantomVerdict:
 
 
 def virtual_phantom(estimate: Mapping[str, float], voxel_mm: tuple[float, float, float],
-                    sd: Mapping[str, float], draws: int = DRAWS, seed: int = SEED
-                    ) -> PhantomVerdict:
+                    sd: Mapping[str, float], draws: int = DRAWS, seed: int = SEED,
+                    rng_scheme: str = "sequential", threads: int = 1) -> PhantomVerdict:
     """Classify the IEC phantom as a reconstruction with ``estimate`` would show it.
 
     ``draws`` parameter sets ~ N(estimate, sd) (clipped to :data:`LIMITS`), each measured
     over :data:`POSITIONS` sub-voxel placements x :data:`NOISE_DRAWS` noise draws as the
-    training labels are (there 4 x 4).
+    training labels are (there 4 x 4). ``rng_scheme`` (:data:`RNG_SCHEMES`, recorded by
+    the bundle): ``sequential`` draws everything from one generator, so the draws run one
+    after another; ``per-draw`` gives each draw its own generator spawned from ``seed``,
+    so they run on ``threads`` threads (the filters release the GIL) with the same answer
+    whatever the thread count.
     """
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
-    rng = np.random.default_rng(seed)
-    counts = {"clinical": 0, "EARL1": 0, "EARL2": 0}
-    nearer_earl2 = 0
-    for _ in range(draws):
+    if rng_scheme not in RNG_SCHEMES:
+        raise ValueError(f"unknown phantom rng scheme {rng_scheme!r}; valid: {RNG_SCHEMES}")
+    grid = tuple(float(v) for v in voxel_mm)
+
+    def one(rng: np.random.Generator) -> tuple[str, bool]:
         p = {k: float(np.clip(estimate[k] + float(sd.get(k, 0.0)) * rng.standard_normal(),
                               *LIMITS[k])) for k in PARAMS}
-        params = ReconParams(tuple(float(v) for v in voxel_mm),  # type: ignore[arg-type]
-                             p["fwhm_mm"], p["overshoot"], p["cov"])
+        params = ReconParams(grid, p["fwhm_mm"], p["overshoot"], p["cov"])  # type: ignore[arg-type]
         rc = expected_rc(params, rng, POSITIONS, NOISE_DRAWS)
-        counts[classify(rc)] += 1
-        nearer_earl2 += int(rc_margin(rc, "EARL2") >= rc_margin(rc, "EARL1"))
+        return classify(rc), rc_margin(rc, "EARL2") >= rc_margin(rc, "EARL1")
+
+    if rng_scheme == "sequential":
+        rng = np.random.default_rng(seed)
+        outcomes = [one(rng) for _ in range(draws)]
+    else:
+        rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(draws)]
+        if threads <= 1:
+            outcomes = [one(r) for r in rngs]
+        else:
+            with ThreadPoolExecutor(min(threads, draws), thread_name_prefix="qcd-phantom") as ex:
+                outcomes = list(ex.map(one, rngs))
+    counts = {"clinical": 0, "EARL1": 0, "EARL2": 0}
+    for label, _ in outcomes:
+        counts[label] += 1
+    nearer_earl2 = sum(int(near) for _, near in outcomes)
     earl = counts["EARL1"] + counts["EARL2"]
     p_earl2 = counts["EARL2"] / earl if earl else nearer_earl2 / draws
     return PhantomVerdict(earl / draws, p_earl2, counts)
+
+
+def rng_scheme(spec: Mapping[str, Any]) -> str:
+    """The bundle's phantom random-number scheme (bundles before 2.1.0: ``sequential``)."""
+    scheme = str((spec.get("phantom") or {}).get("rng", "sequential"))
+    if scheme not in RNG_SCHEMES:
+        raise ValueError(f"bundle names unknown phantom rng scheme {scheme!r}")
+    return scheme
 
 
 def estimator_sd(spec: Mapping[str, Any]) -> dict[str, float]:
