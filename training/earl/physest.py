@@ -1,7 +1,8 @@
 """Train the physics-estimate EARL bundle (architecture ``physest``).
 
     python -m training.earl.physest --n-per-class 400 --seed 20261207 --workers 2 \
-        --out models/earl/2.0.0 [--compare models/earl/1.0.0] [--cache cases.npz]
+        [--epochs 800] [--extra-cases 1200] [--phantom-rng per-draw] \
+        --out models/earl/2.1.0 [--compare models/earl/1.0.0] [--cache cases.json]
 
 Simulates labelled cases exactly as ``training.earl.train`` does (same seeds per case,
 same phantom labels, same stratified held-out split), computes the
@@ -41,7 +42,6 @@ from training.earl.simulate import DEFAULT_SAMPLER, SAMPLERS, simulate_case, sim
 from training.earl.train import case_metrics
 
 LOGGER = logging.getLogger("training.earl.physest")
-VERSION = "2.0.0"
 EPOCHS = 400
 LEARNING_RATE = 3e-3
 WEIGHT_DECAY = 1e-3

@@ -41,8 +41,10 @@ DRAWS: Final = 16
 POSITIONS: Final = 2
 NOISE_DRAWS: Final = 2
 SEED: Final = 20261207
-RNG_SCHEMES: Final = ("sequential", "per-draw")
 """Fixed seed of the virtual phantom: the same series always gets the same answer."""
+RNG_SCHEMES: Final = ("sequential", "per-draw")
+"""How the draws get their random numbers (model.json ``phantom.rng``; see
+:func:`virtual_phantom`)."""
 
 
 class ParamNet(nn.Module):
