@@ -23,9 +23,9 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from training.earl.simulate import DEFAULT_SAMPLER, SAMPLERS, simulate_case, sim
 from training.earl.train import case_metrics
 
 LOGGER = logging.getLogger("training.earl.physest")
+T = TypeVar("T")
 EPOCHS = 400
 LEARNING_RATE = 3e-3
 WEIGHT_DECAY = 1e-3
@@ -170,32 +171,39 @@ def tune_stage1(labels: list[str], estimates: np.ndarray, voxels: list[list[floa
     return {"cases": int(len(pick)), "stage1_accuracy_by_threshold": table, "chosen": chosen}
 
 
+def cached_rows(cache: Path | None, request: dict[str, Any], job: Callable[[T], dict[str, Any]],
+                tasks: Sequence[T], workers: int, what: str
+                ) -> tuple[list[dict[str, Any]], float]:
+    """``job`` over ``tasks`` (and the seconds it took), or the rows ``cache`` holds when it
+    was written for this exact ``request``; a fresh result is written to ``cache``."""
+    if cache and cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("request") == request:
+            LOGGER.info("read %d %s from %s", len(cached["rows"]), what, cache)
+            return list(cached["rows"]), float(cached.get("seconds", float("nan")))
+    started = time.time()
+    rows = []
+    for i, row in enumerate(map_in_order(job, tasks, workers)):
+        rows.append(row)
+        if (i + 1) % 50 == 0:
+            LOGGER.info("simulated %d/%d %s", i + 1, len(tasks), what)
+    seconds = time.time() - started
+    if cache:
+        cache.write_text(json.dumps({"request": request, "rows": rows, "seconds": seconds}))
+    return rows, seconds
+
+
 def load_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
     """Simulated rows and the seconds simulating them took, from ``--cache`` when it
     holds this exact request."""
     request = {"n_per_class": args.n_per_class, "seed": args.seed, "sampler": args.sampler,
                "features": FEATURES_VERSION, "compare": str(args.compare or "")}
-    if args.cache and args.cache.is_file():
-        cached = json.loads(args.cache.read_text())
-        if cached.get("request") == request:
-            LOGGER.info("read %d cases from %s", len(cached["rows"]), args.cache)
-            return list(cached["rows"]), float(cached.get("seconds", float("nan")))
     tasks = case_tasks(args.n_per_class, args.seed)
     held_out = set(split_indices([label for _, label in tasks], args.seed, TEST_FRACTION)[1])
     compare = str(args.compare.resolve()) if args.compare else None
     jobs = [(task, args.sampler, compare if i in held_out else None)
             for i, task in enumerate(tasks)]
-    started = time.time()
-    rows = []
-    for i, row in enumerate(map_in_order(make_row_job, jobs, args.workers)):
-        rows.append(row)
-        if (i + 1) % 50 == 0:
-            LOGGER.info("simulated %d/%d cases", i + 1, len(tasks))
-    seconds = time.time() - started
-    if args.cache:
-        args.cache.write_text(json.dumps({"request": request, "rows": rows,
-                                          "seconds": seconds}))
-    return rows, seconds
+    return cached_rows(args.cache, request, make_row_job, jobs, args.workers, "cases")
 
 
 def load_extra_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
@@ -205,22 +213,8 @@ def load_extra_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], flo
         return [], 0.0
     request = {"extra_cases": args.extra_cases, "seed": args.seed, "features": FEATURES_VERSION}
     cache = args.cache.with_name(args.cache.stem + "-extra.json") if args.cache else None
-    if cache and cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("request") == request:
-            LOGGER.info("read %d regression cases from %s", len(cached["rows"]), cache)
-            return list(cached["rows"]), float(cached.get("seconds", float("nan")))
-    started = time.time()
-    job = functools.partial(make_extra_row, seed=args.seed)
-    rows = []
-    for i, row in enumerate(map_in_order(job, range(args.extra_cases), args.workers)):
-        rows.append(row)
-        if (i + 1) % 50 == 0:
-            LOGGER.info("simulated %d/%d regression cases", i + 1, args.extra_cases)
-    seconds = time.time() - started
-    if cache:
-        cache.write_text(json.dumps({"request": request, "rows": rows, "seconds": seconds}))
-    return rows, seconds
+    return cached_rows(cache, request, functools.partial(make_extra_row, seed=args.seed),
+                       range(args.extra_cases), args.workers, "regression cases")
 
 
 def save_weights(out: Path, net: ParamNet, thresholds: Thresholds,

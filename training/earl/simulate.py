@@ -105,15 +105,25 @@ def sample_params(rng: np.random.Generator, label: str | None = None,
         box = BOXES[label]
     elif label == "clinical" and rng.random() < share:
         box = negatives[str(rng.choice(sorted(negatives)))]
-    in_plane = float(rng.choice(IN_PLANE_MM))
-    slice_mm = round(float(rng.uniform(*SLICE_MM)), 2)
-    draw = {k: float(rng.uniform(*v)) for k, v in box.items()}
+    voxel, draw = _draw_in_box(rng, box)
     noise_fwhm = 0.0
     if sampler == "sim-3":
         system = min(float(rng.uniform(*SYSTEM_FWHM_MM)), draw["fwhm_mm"])
         noise_fwhm = math.sqrt(draw["fwhm_mm"] ** 2 - system ** 2)
-    return ReconParams((slice_mm, in_plane, in_plane), draw["fwhm_mm"], draw["overshoot"],
-                       draw["cov"], noise_fwhm)
+    return ReconParams(voxel, draw["fwhm_mm"], draw["overshoot"], draw["cov"], noise_fwhm)
+
+
+def _draw_in_box(rng: np.random.Generator, box: dict[str, tuple[float, float]]
+                 ) -> tuple[tuple[float, float, float], dict[str, float]]:
+    """A voxel grid from :data:`IN_PLANE_MM`/:data:`SLICE_MM` and parameters uniform in ``box``."""
+    in_plane = float(rng.choice(IN_PLANE_MM))
+    slice_mm = round(float(rng.uniform(*SLICE_MM)), 2)
+    return (slice_mm, in_plane, in_plane), {k: float(rng.uniform(*v)) for k, v in box.items()}
+
+
+def random_body(params: ReconParams, rng: np.random.Generator) -> np.ndarray:
+    """:func:`render_body` of a random adult over a random z extent (:data:`Z_EXTENT_MM`)."""
+    return render_body(params, rng, shape_mm=(float(rng.uniform(*Z_EXTENT_MM)), 260.0, 160.0))
 
 
 def label_params(params: ReconParams, rng: np.random.Generator, positions: int = LABEL_POSITIONS,
@@ -310,8 +320,7 @@ def simulate_case(rng: np.random.Generator, label: str, sampler: str = DEFAULT_S
                   ) -> tuple[np.ndarray, ReconParams, str, RecoveryCoefficients]:
     """One training case: a labelled reconstruction applied to a random body (SUV, float32)."""
     params, rc = sample_labelled(rng, label, sampler)
-    body = render_body(params, rng, shape_mm=(float(rng.uniform(*Z_EXTENT_MM)), 260.0, 160.0))
-    return apply_recon(body, params, rng), params, label, rc
+    return apply_recon(random_body(params, rng), params, rng), params, label, rc
 
 
 REGRESSION_BOXES: Final = (
@@ -330,14 +339,9 @@ def simulate_unlabelled(rng: np.random.Generator) -> tuple[np.ndarray, ReconPara
     No phantom label: a parameter estimator needs only the truth the simulation knows,
     so these cases cost a body and a reconstruction, not a rejection-sampled label.
     """
-    box = REGRESSION_BOXES[int(rng.integers(len(REGRESSION_BOXES)))]
-    in_plane = float(rng.choice(IN_PLANE_MM))
-    slice_mm = round(float(rng.uniform(*SLICE_MM)), 2)
-    draw = {k: float(rng.uniform(*v)) for k, v in box.items()}
-    params = ReconParams((slice_mm, in_plane, in_plane), draw["fwhm_mm"], draw["overshoot"],
-                         draw["cov"])
-    body = render_body(params, rng, shape_mm=(float(rng.uniform(*Z_EXTENT_MM)), 260.0, 160.0))
-    return apply_recon(body, params, rng), params
+    voxel, draw = _draw_in_box(rng, REGRESSION_BOXES[int(rng.integers(len(REGRESSION_BOXES)))])
+    params = ReconParams(voxel, draw["fwhm_mm"], draw["overshoot"], draw["cov"])
+    return apply_recon(random_body(params, rng), params, rng), params
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -357,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         params, rc, n = _sample_labelled(rng, label)
         t1 = time.perf_counter()
-        body = render_body(params, rng, shape_mm=(float(rng.uniform(*Z_EXTENT_MM)), 260.0, 160.0))
+        body = random_body(params, rng)
         t2 = time.perf_counter()
         volume = apply_recon(body, params, rng)
         t3 = time.perf_counter()
