@@ -150,9 +150,43 @@ def _push(port: int, files: Sequence[Path], real: bool) -> None:
         assoc.release()
 
 
+STAGES: tuple[tuple[str, str], ...] = (
+    ("last instance stored -> series complete (quiet period + sweep)", "complete"),
+    ("series complete -> job queued", "queued"),
+    ("job queued -> claimed by a worker", "claimed"),
+    ("analysis (load, preprocess, model, findings stored)", "analysed"),
+    ("findings -> SR built and queued", "reported"),
+)
+
+
+def stage_seconds(db: Path) -> dict[str, float]:
+    """Where the time after the last instance went, from the daemon's own timestamps.
+
+    Each key of :data:`STAGES` is the seconds from the previous mark to its own: the
+    series' last instance, its completion, the job's creation, start and end, and the
+    SR's delivery row (written once the SR file exists). The send itself is left to the
+    caller (the measured total less these): the outbox stamps the start of its sweep.
+    """
+    import datetime as dt
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        row = con.execute(
+            "SELECT s.last_received_at, s.completed_at, j.created_at, j.started_at, "
+            "j.finished_at, d.created_at FROM series s "
+            "JOIN jobs j ON j.series_id = s.id "
+            "JOIN deliveries d ON d.series_id = s.id AND d.object_kind = 'SR' "
+            "ORDER BY d.created_at LIMIT 1").fetchone()
+    if row is None or any(v is None for v in row):
+        return {}
+    marks = [dt.datetime.fromisoformat(v) for v in row]
+    return {key: (b - a).total_seconds()
+            for (_, key), a, b in zip(STAGES, marks, marks[1:])}
+
+
 def one_run(work: Path, files: list[Path], quiet: float, device: str,
-            real_pacs: bool) -> tuple[float, float]:
-    """Returns (seconds from last ack to SR in the PACS, push seconds)."""
+            real_pacs: bool) -> tuple[float, float, dict[str, float]]:
+    """Returns (seconds from last ack to SR in the PACS, push seconds, :func:`stage_seconds`)."""
     pacs: Any = OrthancPacs(work) if real_pacs else StandInPacs()
     port = free_port()
     config = work / "qcd.toml"
@@ -187,11 +221,12 @@ def one_run(work: Path, files: list[Path], quiet: float, device: str,
             if time.monotonic() - acked > 300:
                 raise RuntimeError("no SR after 300 s: " + (work / "serve.log").read_text())
             time.sleep(0.05)
-        return time.monotonic() - acked, acked - start
+        latency = time.monotonic() - acked
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(60)
         pacs.stop()
+    return latency, acked - start, stage_seconds(work / "qcd.db")
 
 
 def main() -> int:
@@ -213,7 +248,8 @@ def main() -> int:
         work.mkdir()
         results.append(one_run(work, files, args.quiet, args.device, real))
         print(f"[{i + 1}/{args.repeats}] last ack -> SR in PACS {results[-1][0]:.2f} s "
-              f"(push {results[-1][1]:.2f} s)", flush=True)
+              f"(push {results[-1][1]:.2f} s); " + ", ".join(
+                  f"{k} {v:.2f}" for k, v in results[-1][2].items()), flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
     total = statistics.median(r[0] for r in results)
     qcd_part = total - args.quiet
@@ -226,6 +262,12 @@ def main() -> int:
             f"| qcd processing (sweep, {args.analyzer} on {args.device}, SR, delivery) "
             f"| {qcd_part:.2f} |",
             f"| budget from the issue ({args.device}) | {budget:.2f} |"]
+    split = [r[2] for r in results if r[2]]
+    if split:
+        rows += [f"| daemon timestamps: {label} | {statistics.median(s[key] for s in split):.2f} |"
+                 for label, key in STAGES]
+        rest = statistics.median(r[0] - sum(r[2].values()) for r in results if r[2])
+        rows.append(f"| SR queued -> stored in the PACS (the total less the above) | {rest:.2f} |")
     summary = (f"{what}; path: {pacs}. Processing/budget ratio **{qcd_part / budget:.2f}** "
                f"(< 1 meets the target).")
     print("\n".join(rows))
