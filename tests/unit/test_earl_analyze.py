@@ -255,6 +255,20 @@ def test_card_emits_the_error_analysis_section_only_with_the_block() -> None:
     assert "cap stage 1 at about 75.0%" in card.split("## Error analysis")[0]
 
 
+def test_physest_card_has_its_own_error_analysis_and_next_steps() -> None:
+    spec = json.loads((SHIPPED_MODELS / "earl" / "2.1.0" / "model.json").read_text())
+    spec.pop("error_analysis", None)
+    assert "## Error analysis" not in model_card(spec)
+    assert "the majority of eight 98.9% (1.0.0 card" in model_card(spec)  # borrowed scale
+    spec["error_analysis"] = _block(an.summarise(four_cases(), Thresholds()))
+    card = model_card(spec)
+    section = card.split("## Error analysis", 1)[1].split("## CPU / GPU parity")[0]
+    assert "3 of 4 cases: **75.0%**" in section and "labels that repeat" in section
+    assert "regression heads" not in section and "GPU retraining" not in section
+    assert "a measurable target" in section
+    assert "the majority of 4 such labellings 75.0% (Error analysis)" in card
+
+
 def test_shipped_card_is_what_card_py_writes_and_weights_are_untouched() -> None:
     spec = json.loads((SHIPPED / "model.json").read_text())
     assert (SHIPPED / "MODEL_CARD.md").read_text() == model_card(spec)
@@ -304,3 +318,17 @@ def test_analyze_cli_on_a_tiny_bundle(tmp_path: Path) -> None:
     assert "## Error analysis" in (out / "MODEL_CARD.md").read_text()
     with pytest.raises(SystemExit):
         an.main(["--bundle", str(out), "--limit", "1", "--out", str(report), "--write-bundle"])
+
+
+def test_physest_case_is_rebuilt_and_classified_as_its_trainer_did() -> None:
+    """The physics-estimate branch: the held-out EARL1 case of the shipped 2.1.0 bundle is
+    simulated with its seed and run through classify_volume (the numbers are those of the
+    trainer's held-out evaluation of this case); about 10 s on one core."""
+    bundle_dir = SHIPPED_MODELS / "earl" / "2.1.0"
+    task = an.balanced_head(an.bundle_tasks(json.loads(
+        (bundle_dir / "model.json").read_text())), 2)[1]
+    r = an.analyze_case(task, str(bundle_dir), 1)
+    assert (r.label, r.seed, r.source) == ("EARL1", 2026181483832, "EARL1")
+    assert r.params.fwhm_mm == pytest.approx(8.992743204367429, abs=1e-9)
+    assert (r.p_earl, r.p_earl2) == (0.25, 0.0)  # 4 of 16 phantom draws compliant, all EARL1
+    assert len(r.relabels) == 1 and r.relabels[0] in LABELS

@@ -8,7 +8,9 @@ The held-out cases are rebuilt exactly as ``training.earl.train`` made them (the
 seeds of :func:`~training.earl.cases.case_tasks`, the split of
 :func:`~training.earl.cases.split_indices` with the bundle's seed and sizes) and run
 through the daemon's preprocessing and the bundle's weights on the CPU
-(:func:`~training.earl.train.case_probabilities`, which ``evaluate`` also uses). Per case
+(:func:`~training.earl.train.case_probabilities`, which ``evaluate`` also uses; for a
+physics-estimate bundle the daemon's :func:`~qcd.analyzers.earl.analyzer.classify_volume`,
+as ``training.earl.physest`` evaluates its held-out cases). Per case
 the report records the true and predicted class, the reconstruction parameters, whether
 a clinical case is a hard negative (drawn from an EARL proposal box), the label's
 stability over ``--relabels`` fresh phantom labellings of the same parameters, the RC
@@ -18,7 +20,8 @@ hard negatives, by margin and by in-plane voxel size, and the physics-relabel ce
 the stage-1 accuracy of the majority of the fresh relabels against the stored label.
 
 A whole held-out set (270 cases of ``models/earl/1.0.0``) takes about 33 minutes on two
-CPU cores with 8 relabels. ``--write-bundle`` stores the summary as the ``error_analysis``
+CPU cores with 8 relabels; the 240 of ``models/earl/2.1.0`` 11 minutes with 4.
+``--write-bundle`` stores the summary as the ``error_analysis``
 block of the bundle's ``model.json`` (weights untouched) and rewrites its model card.
 """
 
@@ -44,8 +47,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from qcd.analyzers.earl import phantom
-from qcd.analyzers.earl.analyzer import load_cnn
+from qcd.analyzers.earl import phantom, physest
+from qcd.analyzers.earl.analyzer import classify_volume, load_cnn
 from qcd.analyzers.earl.decision import Thresholds, decide
 from qcd.analyzers.earl.model import EarlModel
 from qcd.analyzers.earl.phantom import RecoveryCoefficients, ReconParams
@@ -293,21 +296,38 @@ def relabel(params: ReconParams, seed: int, k: int) -> list[str]:
 
 
 def analyze_case(task: Task, bundle_dir: str, relabels: int) -> CaseResult:
-    """Rebuild one case as ``train.make_case`` does, run the model on CPU, relabel it."""
+    """Rebuild one case as the bundle's trainer made it, run the bundle on the CPU,
+    relabel it.
+
+    CNN bundles: ``train.make_case`` and the stage nets. Physics-estimate bundles
+    (``physest``): ``simulate.simulate_case`` with the same seed, then the daemon's
+    :func:`~qcd.analyzers.earl.analyzer.classify_volume` (features, estimate, virtual
+    phantom), as ``training.earl.physest`` evaluates its held-out cases.
+    """
     sources: list[str] = []
-    variant = _variant(bundle_dir)
-    with recording_proposals(sources):
-        case = make_case((task.seed, task.label), (variant.preprocessing,),
-                         _sampler(bundle_dir))
-    if case.rc is None or not sources:
-        raise RuntimeError(f"case {task} came back without its phantom RCs or proposals")
-    p_earl, p_earl2 = case_probabilities(_model(bundle_dir), [case], torch.device("cpu"),
-                                         variant=variant)[0]
-    p = case.params
-    params = ReconParams(tuple(p["voxel_mm"]), p["fwhm_mm"], p["overshoot"], p["cov"],
-                         p.get("noise_fwhm_mm", 0.0))
-    return CaseResult(case.label, task.index, task.seed, sources[-1], len(sources), params,
-                      case.rc, p_earl, p_earl2, tuple(relabel(params, task.seed, relabels)))
+    if bundle_at(bundle_dir).spec.get("architecture") == physest.ARCHITECTURE:
+        with recording_proposals(sources):
+            volume, params, label, rc = simulate.simulate_case(
+                np.random.default_rng(task.seed), task.label, _sampler(bundle_dir))
+        result = classify_volume(volume, params.voxel_mm, bundle_at(bundle_dir))
+        p_earl, p_earl2 = result.p_earl, (0.5 if result.p_earl2 is None else result.p_earl2)
+    else:
+        variant = _variant(bundle_dir)
+        with recording_proposals(sources):
+            case = make_case((task.seed, task.label), (variant.preprocessing,),
+                             _sampler(bundle_dir))
+        if case.rc is None:
+            raise RuntimeError(f"case {task} came back without its phantom RCs")
+        p_earl, p_earl2 = case_probabilities(_model(bundle_dir), [case], torch.device("cpu"),
+                                             variant=variant)[0]
+        p = case.params
+        params = ReconParams(tuple(p["voxel_mm"]), p["fwhm_mm"], p["overshoot"], p["cov"],
+                             p.get("noise_fwhm_mm", 0.0))
+        label, rc = case.label, case.rc
+    if not sources:
+        raise RuntimeError(f"case {task} came back without its proposals")
+    return CaseResult(label, task.index, task.seed, sources[-1], len(sources), params,
+                      rc, p_earl, p_earl2, tuple(relabel(params, task.seed, relabels)))
 
 
 def _worker_init() -> None:

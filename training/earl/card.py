@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from qcd.analyzers.earl.analyzer import PROTOCOL_KEYS
 
@@ -61,8 +62,34 @@ def error_analysis_tables(summary: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def error_analysis_section(block: dict[str, Any]) -> str:
-    """The card's "Error analysis" section from model.json's ``error_analysis`` block."""
+CNN_NEXT_STEPS: tuple[str, ...] = (
+    "regression heads for the effective FWHM, overshoot and noise COV as auxiliary targets "
+    "(the classes differ by a fraction of a millimetre of resolution, which the "
+    "classification loss alone does not teach);",
+    "more simulated cases (n-per-class >= 1000);",
+    "less smoothing when resampling to the common grid (native resolution or a finer grid; "
+    "a new preprocessing version);",
+)
+"""What the CNN bundles' error analysis calls for next (GPU retraining)."""
+PHYSEST_NEXT_STEPS: tuple[str, ...] = (
+    "labels that repeat: each label is the class of a 16-measurement phantom average, and "
+    "rejection sampling keeps a borderline draw whenever that noisy average lands on the "
+    "wanted side; more measurements per label (and the stage-1 threshold tuned against "
+    "them) or a labelled case set that leaves out draws within the measurement noise of a "
+    "band edge;",
+)
+"""What the physics-estimate bundles' error analysis calls for next."""
+MEASURABLE_TARGET: Final = (
+    "a measurable target: stage-1 accuracy on cases whose RC margin or relabel stability is "
+    "above a stated limit, with borderline cases reported apart.")
+
+
+def error_analysis_section(block: dict[str, Any],
+                           next_steps: Sequence[str] = CNN_NEXT_STEPS,
+                           what_next: str = "all of it GPU retraining; not done for this "
+                                            "bundle") -> str:
+    """The card's "Error analysis" section from model.json's ``error_analysis`` block;
+    ``next_steps`` (and the ``what_next`` heading note) depend on the kind of bundle."""
     held = block["held_out"]
     s = held["summary"]
     e = s["stage1_errors"]
@@ -139,16 +166,8 @@ def error_analysis_section(block: dict[str, Any]) -> str:
                      if not c["target_reachable"] else
                      " The labels alone would allow the target.")]
     lines += ["", error_analysis_tables(s).rstrip("\n"), "",
-              "**What would be needed next** (all of it GPU retraining; not done for this "
-              "bundle):",
-              "- regression heads for the effective FWHM, overshoot and noise COV as "
-              "auxiliary targets (the classes differ by a fraction of a millimetre of "
-              "resolution, which the classification loss alone does not teach);",
-              "- more simulated cases (n-per-class >= 1000);",
-              "- less smoothing when resampling to the common grid (native resolution or a "
-              "finer grid; a new preprocessing version);",
-              "- a measurable target: stage-1 accuracy on cases whose RC margin or relabel "
-              "stability is above a stated limit, with borderline cases reported apart."]
+              f"**What would be needed next** ({what_next}):",
+              *(f"- {step}" for step in (*next_steps, MEASURABLE_TARGET))]
     return "\n".join(lines)
 
 
@@ -365,6 +384,21 @@ def physest_card(spec: dict[str, Any]) -> str:
     protocols_text, protocols_limit = _protocols(spec)
     th = spec["thresholds"]
     tune = spec["threshold_tuning"]
+    analysis = spec.get("error_analysis", {})
+    ceiling = analysis.get("held_out", {}).get("summary", {}).get("ceiling")
+    scale = ("For scale: one fresh phantom measurement of the *true* parameters agreed with "
+             "the stored label 96.7% of the time on the 1.0.0 held-out cases, the majority "
+             "of eight 98.9% (1.0.0 card, Error analysis).")
+    if ceiling is not None:
+        scale = (f"**The labels cap stage 1 near this bundle's accuracy**: on these held-out "
+                 f"cases one fresh phantom labelling of the *true* parameters agrees with the "
+                 f"stored label {_pct(ceiling['single_relabel'])} of the time, the majority "
+                 f"of {analysis['held_out']['summary']['relabels']} such labellings "
+                 f"{_pct(ceiling['accuracy'])} (Error analysis).")
+    analysis_text = (
+        "## Error analysis (held-out simulated cases)\n"
+        + error_analysis_section(analysis, PHYSEST_NEXT_STEPS, "not done for this bundle")
+        + "\n\n" if "held_out" in analysis else "")
     return f"""# Model card: earl {spec['version']} (PET EARL compliance, physics estimate)
 
 **Trained on simulated data only.** No real patient PET was available. Numbers below are
@@ -418,9 +452,7 @@ Reproduce: `{t['command']}`.
 Stage 1 (clinical vs EARL) accuracy: **{_pct(m['stage1_accuracy'])}**; stage 2 (EARL1 vs
 EARL2, on EARL cases) accuracy: **{_pct(m['stage2_accuracy'])}**; indeterminate:
 {_pct(m['indeterminate_rate'])} of cases. Targets: stage 1 >= 99%, stage 2 >= 95% per class
-(the paper on real data: 100%, and 100% / 85%). {verdict} For scale: one fresh phantom
-measurement of the *true* parameters agreed with the stored label 96.7% of the time on
-the 1.0.0 held-out cases, the majority of eight 98.9% (1.0.0 card, Error analysis).
+(the paper on real data: 100%, and 100% / 85%). {verdict} {scale}
 
 | true class | cases | correct | predicted (clinical / EARL1 / EARL2 / indeterminate) |
 |---|---|---|---|
@@ -431,7 +463,7 @@ the 1.0.0 held-out cases, the majority of eight 98.9% (1.0.0 card, Error analysi
 |---|---|---|---|
 {comp_rows}
 
-{protocols_text}## CPU / GPU parity
+{protocols_text}{analysis_text}## CPU / GPU parity
 The regressor runs in float32 on either device (autocast off); the phantom runs on the
 CPU. Not measured on a GPU.
 
