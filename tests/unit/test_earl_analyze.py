@@ -316,6 +316,17 @@ def test_analyze_cli_on_a_tiny_bundle(tmp_path: Path) -> None:
     assert spec["error_analysis"]["held_out"]["summary"] == s
     assert sha256_file(out / "weights.pt") == sha == spec["sha256"]
     assert "## Error analysis" in (out / "MODEL_CARD.md").read_text()
+    assert s["against_majority"]["n"] == 3
+    # summarised again from the report: no simulation, the same summary and bundle block
+    again = tmp_path / "again.json"
+    assert an.main(["--bundle", str(out), "--from-report", str(report), "--out", str(again),
+                    "--write-bundle"]) == 0
+    assert json.loads(again.read_text())["summary"] == s
+    assert json.loads((out / "model.json").read_text())["error_analysis"]["held_out"] == {
+        k: r[k] for k in ("command", "date", "seconds", "workers", "summary")}
+    with pytest.raises(SystemExit):  # the report of another split
+        an.main(["--bundle", str(out), "--from-report", str(report), "--split", "train",
+                 "--out", str(again)])
     with pytest.raises(SystemExit):
         an.main(["--bundle", str(out), "--limit", "1", "--out", str(report), "--write-bundle"])
 

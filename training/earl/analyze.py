@@ -476,6 +476,10 @@ def summarise(results: Sequence[CaseResult], t: Thresholds) -> dict[str, Any]:
         "single_relabel": summary["labels"]["stability_mean"],
         "target": STAGE1_TARGET, "errors_allowed_by_target": allowed,
         "target_reachable": n - agree <= allowed}
+    # the model against the majority of the fresh relabels: a label measured k times
+    # over, less noisy than the stored one (and free of the rejection sampler's selection)
+    model_agree = sum((r.p_earl >= t.stage1) == majority_is_earl(r.relabels) for r in results)
+    summary["against_majority"] = {"n": n, "correct": model_agree, "accuracy": model_agree / n}
     return summary
 
 
@@ -520,6 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path, help="tables (default: --out with suffix .md)")
     p.add_argument("--write-bundle", action="store_true",
                    help="store the summary in the bundle's model.json and rewrite its card")
+    p.add_argument("--from-report", type=Path, metavar="JSON",
+                   help="summarise the cases of an earlier --out report of this bundle and "
+                        "split again instead of simulating them (after a summary change)")
     args = p.parse_args(argv)
     if args.relabels < 0 or (args.limit is not None and args.limit < 1) or args.workers < 1:
         p.error("--relabels must be >= 0, --limit and --workers >= 1")
@@ -534,11 +541,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     started = time.time()
-    results = run_cases(tasks, bundle_dir, args.relabels, args.workers)
+    if args.from_report:
+        earlier = json.loads(args.from_report.read_text())
+        if (earlier["bundle"]["sha256"], earlier["split"]) != (bundle.sha256, args.split) or (
+                [c["seed"] for c in earlier["cases"]] != [t.seed for t in tasks]):
+            p.error(f"{args.from_report} is not a report of this bundle's {args.split} cases")
+        results = [CaseResult.from_dict(c) for c in earlier["cases"]]
+        entry = {k: earlier[k] for k in ("command", "date", "seconds", "workers")}
+    else:
+        results = run_cases(tasks, bundle_dir, args.relabels, args.workers)
+        entry = {"command": _command(args), "date": dt.date.today().isoformat(),
+                 "seconds": round(time.time() - started, 1), "workers": args.workers}
     summary = summarise(results, thresholds)
-    entry = {"command": _command(args), "date": dt.date.today().isoformat(),
-             "seconds": round(time.time() - started, 1), "workers": args.workers,
-             "summary": summary}
+    entry["summary"] = summary
     report = {"bundle": {"name": bundle.name, "version": bundle.version,
                          "sha256": bundle.sha256},
               "split": args.split, **entry,

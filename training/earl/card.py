@@ -59,6 +59,11 @@ def error_analysis_tables(summary: dict[str, Any]) -> str:
                 f"| one fresh physics relabel (expected) | {_pct(c['single_relabel'])} |",
                 f"| this model | {_pct(summary['stage1']['accuracy'])} "
                 f"({summary['stage1']['correct']}/{summary['stage1']['n']}) |"]
+        against = summary.get("against_majority")  # summaries before 2026-12-08 lack it
+        if against is not None:
+            out.append(f"| this model, scored against the majority of the {summary['relabels']} "
+                       f"fresh relabels | {_pct(against['accuracy'])} "
+                       f"({against['correct']}/{against['n']}) |")
     return "\n".join(out) + "\n"
 
 
