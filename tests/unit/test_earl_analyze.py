@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,17 @@ def test_analyze_cli_on_a_tiny_bundle(tmp_path: Path) -> None:
     assert json.loads(again.read_text())["summary"] == s
     assert json.loads((out / "model.json").read_text())["error_analysis"]["held_out"] == {
         k: r[k] for k in ("command", "date", "seconds", "workers", "summary")}
+    # a copy under another version (a re-tuned bundle shares its source's weights)
+    other = tmp_path / "earl" / "0.0.2"
+    shutil.copytree(out, other)
+    spec = json.loads((other / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**spec, "version": "0.0.2"}))
+    assert an.main(["--bundle", str(other), "--from-report", str(report), "--out",
+                    str(tmp_path / "other.json"), "--write-bundle"]) == 0
+    block = json.loads((other / "model.json").read_text())["error_analysis"]["held_out"]
+    assert block["cases_from"] == r["command"] and block["summary"] == s
+    assert block["command"].endswith(f"--from-report {report.name}")
+    assert "from the report of `" in (other / "MODEL_CARD.md").read_text()
     with pytest.raises(SystemExit):  # the report of another split
         an.main(["--bundle", str(out), "--from-report", str(report), "--split", "train",
                  "--out", str(again)])

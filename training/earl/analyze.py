@@ -548,6 +548,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"{args.from_report} is not a report of this bundle's {args.split} cases")
         results = [CaseResult.from_dict(c) for c in earlier["cases"]]
         entry = {k: earlier[k] for k in ("command", "date", "seconds", "workers")}
+        if earlier["bundle"].get("version") != bundle.version:  # a re-tuned bundle's source
+            entry = {"command": f"{_command(args)} --from-report {args.from_report.name}",
+                     "cases_from": earlier["command"], "date": dt.date.today().isoformat(),
+                     "seconds": earlier["seconds"], "workers": earlier["workers"]}
     else:
         results = run_cases(tasks, bundle_dir, args.relabels, args.workers)
         entry = {"command": _command(args), "date": dt.date.today().isoformat(),

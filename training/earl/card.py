@@ -106,7 +106,9 @@ def error_analysis_section(block: dict[str, Any],
              f"rebuilt from their seeds and run on the CPU through the daemon's "
              f"preprocessing; each case's phantom label was measured again "
              f"{s['relabels']} times with fresh sub-voxel positions and noise. Reproduce: "
-             f"`{held['command']}`" + (f" ({held['note']})" if held.get("note") else "") + ".",
+             f"`{held['command']}`" + (f" ({held['note']})" if held.get("note") else "")
+             + (f", from the report of `{held['cases_from']}` (the same cases, weights and "
+                "phantom)" if held.get("cases_from") else "") + ".",
              "",
              f"**Where the errors are.** {clinical_wrong + earl_wrong} stage-1 errors: "
              f"{clinical_wrong} clinical cases called EARL ("
@@ -357,6 +359,27 @@ def _regression_cases(training: dict[str, Any]) -> str:
             " tuning or the held-out evaluation.")
 
 
+def _tuning_text(spec: dict[str, Any]) -> str:
+    """How the stage-1 threshold was chosen: on the trainer's out-of-fold estimates, or
+    (``training.earl.retune``) on fresh cases against labels that repeat."""
+    tune = spec["threshold_tuning"]
+    if "retuned_from" not in tune:
+        return (f"It was chosen on out-of-fold\nestimates of {tune['cases']} training cases "
+                "(held-out cases took no part; ties go to the\nhigher threshold):")
+    stored = tune["stage1_accuracy_by_threshold_stored_labels"]
+    return (f"**Re-tuned** (`training.earl.retune`; weights, estimator and phantom are\n"
+            f"{tune['retuned_from']}'s, sha256 unchanged): chosen on {tune['cases']} fresh "
+            f"simulated cases (seed\n{tune['seed']}, neither training nor held-out cases) "
+            f"against labels measured again from\nthe true parameters: {tune['labels']} "
+            f"(4x the training labels'\nmeasurements; {tune['precise_differs_from_stored']} "
+            f"of {tune['cases']} differ from the 16-measurement label). Ties go to the\nhigher "
+            f"threshold. Against the 16-measurement labels the same cases give "
+            + ", ".join(f"{t} {_pct(v)}" for t, v in stored.items())
+            + f". Reproduce: `{spec['retune']['command']}` (the held-out report is "
+            f"{tune['retuned_from']}'s `training.earl.analyze` report, its card's Error "
+            "analysis).")
+
+
 def physest_card(spec: dict[str, Any]) -> str:
     """The card of a ``physest`` bundle (estimate the reconstruction, measure a virtual
     phantom)."""
@@ -428,9 +451,7 @@ Two steps, each checkable on its own (`qcd/analyzers/earl/physest.py`):
    otherwise `indeterminate`.
 
 The stage-1 threshold is not 0.5: the EARL regions of parameter space are narrow, so
-draws spread about a correct estimate often leave them. It was chosen on out-of-fold
-estimates of {tune['cases']} training cases (held-out cases took no part; ties go to the
-higher threshold):
+draws spread about a correct estimate often leave them. {_tuning_text(spec)}
 
 | P(EARL) threshold | {' | '.join(tune['stage1_accuracy_by_threshold'])} |
 |---|{'---|' * len(tune['stage1_accuracy_by_threshold'])}
