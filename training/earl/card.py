@@ -77,11 +77,12 @@ CNN_NEXT_STEPS: tuple[str, ...] = (
 )
 """What the CNN bundles' error analysis calls for next (GPU retraining)."""
 PHYSEST_NEXT_STEPS: tuple[str, ...] = (
-    "labels that repeat: each label is the class of a 16-measurement phantom average, and "
-    "rejection sampling keeps a borderline draw whenever that noisy average lands on the "
-    "wanted side; more measurements per label (and the stage-1 threshold tuned against "
-    "them) or a labelled case set that leaves out draws within the measurement noise of a "
-    "band edge;",
+    "labels that repeat, for the training and held-out cases too: each is the class of a "
+    "16-measurement phantom average, and rejection sampling keeps a borderline draw "
+    "whenever that noisy average lands on the wanted side; label the cases from more "
+    "measurements (2.2.0 re-tunes only its threshold against such labels, "
+    "`training.earl.retune`) or leave out draws within the measurement noise of a band "
+    "edge;",
 )
 """What the physics-estimate bundles' error analysis calls for next."""
 MEASURABLE_TARGET: Final = (
