@@ -205,8 +205,15 @@ def _alive(pid: int) -> bool:
 
 
 def _children(pid: int) -> list[int]:
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()]
+    """Child processes of every thread of ``pid`` (a thread that ends while we read has
+    none: its /proc entry vanishes between the listing and the read)."""
+    def of(task: Path) -> list[int]:
+        try:
+            return [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    return [c for task in Path(f"/proc/{pid}/task").iterdir() for c in of(task)]
 
 
 def _cmdline(pid: int) -> bytes:
