@@ -11,21 +11,25 @@ import pytest
 
 from qcd.analyzers.earl.decision import Thresholds
 from qcd.analyzers.earl.phantom import ReconParams
-from qcd.bundles import SHIPPED_MODELS, load_bundle
+from qcd.bundles import SHIPPED_MODELS, Bundle, load_bundle
 from training.earl import retune as rt
+from training.earl.analyze import bundle_tasks
 from training.earl.card import model_card
 from training.earl.train import case_metrics
 
 SOURCE = SHIPPED_MODELS / "earl" / "2.1.0"
 
 
-def _held_out_report(path: Path, sha: str, n: int) -> list[dict[str, Any]]:
+def _held_out_report(path: Path, source: Bundle) -> list[dict[str, Any]]:
+    """A report of ``source``'s held-out cases (their seeds and labels, made-up P)."""
     rng = np.random.default_rng(0)
-    labels = ["clinical", "EARL1", "EARL2"] * (n // 3)
-    cases = [{"label": lab, "p_earl": float(rng.uniform(0.0, 0.4) if lab == "clinical"
-                                            else rng.uniform(0.2, 1.0)),
-              "p_earl2": 1.0 if lab == "EARL2" else 0.0} for lab in labels]
-    path.write_text(json.dumps({"bundle": {"sha256": sha}, "split": "test", "cases": cases}))
+    cases = [{"seed": t.seed, "label": t.label,
+              "p_earl": float(rng.uniform(0.0, 0.4) if t.label == "clinical"
+                              else rng.uniform(0.2, 1.0)),
+              "p_earl2": 1.0 if t.label == "EARL2" else 0.0}
+             for t in bundle_tasks(source.spec)]
+    path.write_text(json.dumps({"bundle": {"sha256": source.sha256}, "split": "test",
+                                "cases": cases}))
     return cases
 
 
@@ -33,11 +37,11 @@ def test_threshold_table_and_ties_go_to_the_highest() -> None:
     rows = [{"p_earl": 0.2, "label": "clinical", "precise_label": "clinical"},
             {"p_earl": 0.3, "label": "EARL1", "precise_label": "clinical"},  # a lucky pass
             {"p_earl": 0.5, "label": "EARL2", "precise_label": "EARL2"}]
-    precise = rt.threshold_table(rows, "precise_label")
+    precise = rt.label_table(rows, "precise_label")
     assert precise["0.10"] == pytest.approx(1 / 3) and precise["0.25"] == pytest.approx(2 / 3)
     assert precise["0.35"] == precise["0.50"] == 1.0
     assert rt.best_threshold(precise) == 0.5
-    stored = rt.threshold_table(rows, "label")
+    stored = rt.label_table(rows, "label")
     assert rt.best_threshold(stored) == 0.3  # the stored labels reward the lower threshold
 
 
@@ -59,9 +63,9 @@ def test_precise_label_is_seeded_and_measures_64_times(monkeypatch: pytest.Monke
 def test_retune_cli_writes_a_bundle_with_the_same_weights(tmp_path: Path) -> None:
     """Tuning rows from a cache and a held-out report: no simulation, about a second."""
     source = load_bundle(SHIPPED_MODELS, "earl", "2.1.0")
-    n_test = source.spec["training"]["n_test_cases"]
     report = tmp_path / "earl-2.1.0.json"
-    cases = _held_out_report(report, source.sha256, n_test)
+    cases = _held_out_report(report, source)
+    assert len(cases) == source.spec["training"]["n_test_cases"]
     cache = tmp_path / "tune.json"
     rows = [{"seed": 1, "label": "clinical", "precise_label": "clinical", "p_earl": 0.2,
              "p_earl2": 1.0, "target": [4.0, 0.2, 0.1]},
@@ -90,7 +94,12 @@ def test_retune_cli_writes_a_bundle_with_the_same_weights(tmp_path: Path) -> Non
     assert card == model_card(new.spec) and "**Re-tuned**" in card
     assert "1 of 3 differ from the 16-measurement label" in card
 
-    report.write_text(report.read_text().replace(source.sha256, "0" * 64))
+    shuffled = {**json.loads(report.read_text()), "cases": cases[1:] + cases[:1]}
+    report.write_text(json.dumps(shuffled))
+    with pytest.raises(SystemExit):  # the right bundle, other cases (or another order)
+        rt.main(["--bundle", str(SOURCE), "--out", str(out), "--seed", "5",
+                 "--held-out-report", str(report)])
+    report.write_text(json.dumps({**shuffled, "cases": cases}).replace(source.sha256, "0" * 64))
     with pytest.raises(SystemExit):  # a report of another bundle
         rt.main(["--bundle", str(SOURCE), "--out", str(out), "--seed", "5",
                  "--held-out-report", str(report)])

@@ -501,6 +501,25 @@ def write_error_analysis(bundle_dir: Path, part: str, entry: dict[str, Any]) -> 
     return record(bundle_dir, ("error_analysis", part), entry)
 
 
+def load_report(path: Path, bundle: Bundle, split: str = "test",
+                tasks: Sequence[Task] | None = None) -> dict[str, Any]:
+    """An earlier ``--out`` report of ``bundle``'s weights on ``split`` (``tasks``, default
+    all of the split's cases): checked by sha256, split and the cases' seeds, in order.
+
+    Raises
+    ------
+    ValueError
+        The report is of other weights, another split or other cases.
+    """
+    report: dict[str, Any] = json.loads(path.read_text())
+    want = bundle_tasks(bundle.spec, split) if tasks is None else tasks
+    if (report["bundle"]["sha256"], report["split"]) != (bundle.sha256, split) or (
+            [c["seed"] for c in report["cases"]] != [t.seed for t in want]):
+        raise ValueError(f"{path} is not a report of earl/{bundle.version}'s weights on its "
+                         f"{len(want)} {split} cases")
+    return report
+
+
 def _command(args: argparse.Namespace) -> str:
     parts = ["python -m training.earl.analyze", f"--bundle {args.bundle}",
              f"--relabels {args.relabels}"]
@@ -542,10 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(exc))
     started = time.time()
     if args.from_report:
-        earlier = json.loads(args.from_report.read_text())
-        if (earlier["bundle"]["sha256"], earlier["split"]) != (bundle.sha256, args.split) or (
-                [c["seed"] for c in earlier["cases"]] != [t.seed for t in tasks]):
-            p.error(f"{args.from_report} is not a report of this bundle's {args.split} cases")
+        try:
+            earlier = load_report(args.from_report, bundle, args.split, tasks)
+        except ValueError as exc:
+            p.error(str(exc))
         results = [CaseResult.from_dict(c) for c in earlier["cases"]]
         entry = {k: earlier[k] for k in ("command", "date", "seconds", "workers")}
         if earlier["bundle"].get("version") != bundle.version:  # a re-tuned bundle's source

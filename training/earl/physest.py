@@ -164,11 +164,20 @@ def tune_stage1(labels: list[str], estimates: np.ndarray, voxels: list[list[floa
     job = functools.partial(phantom_p_earl, sd=sd, rng_scheme=rng_scheme)
     p = np.asarray(list(map_in_order(job, [(estimates[i].tolist(), voxels[i]) for i in pick],
                                      workers)))
-    earl = np.asarray([labels[i] != "clinical" for i in pick])
-    table = {f"{t:.2f}": float(np.mean((p >= t) == earl)) for t in STAGE1_GRID}
+    table = threshold_table(p, np.asarray([labels[i] != "clinical" for i in pick]))
+    return {"cases": int(len(pick)), "stage1_accuracy_by_threshold": table,
+            "chosen": best_threshold(table)}
+
+
+def threshold_table(p_earl: np.ndarray, earl: np.ndarray) -> dict[str, float]:
+    """Stage-1 accuracy per :data:`STAGE1_GRID` threshold of P(EARL) against ``earl``."""
+    return {f"{t:.2f}": float(np.mean((p_earl >= t) == earl)) for t in STAGE1_GRID}
+
+
+def best_threshold(table: dict[str, float]) -> float:
+    """The best accuracy's threshold; ties go to the highest (the fewer EARL calls)."""
     best = max(table.values())
-    chosen = max(float(t) for t, acc in table.items() if acc == best)
-    return {"cases": int(len(pick)), "stage1_accuracy_by_threshold": table, "chosen": chosen}
+    return max(float(t) for t, acc in table.items() if acc == best)
 
 
 def cached_rows(cache: Path | None, request: dict[str, Any], job: Callable[[T], dict[str, Any]],

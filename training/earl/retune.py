@@ -40,9 +40,14 @@ from qcd.analyzers.earl import physest
 from qcd.analyzers.earl.analyzer import classify_volume
 from qcd.analyzers.earl.decision import Thresholds
 from qcd.bundles import Bundle
-from training.earl.analyze import bundle_at
+from training.earl.analyze import bundle_at, load_report
 from training.earl.cases import case_tasks
-from training.earl.physest import STAGE1_GRID, cached_rows, write_spec
+from training.earl.physest import (
+    best_threshold,
+    cached_rows,
+    threshold_table,
+    write_spec,
+)
 from training.earl.simulate import label_params, simulate_case
 from training.earl.train import case_metrics
 
@@ -72,34 +77,23 @@ def tune_row(task: tuple[int, str], bundle_dir: str, sampler: str) -> dict[str, 
             "target": [params.fwhm_mm, params.overshoot, params.cov]}
 
 
-def threshold_table(rows: Sequence[dict[str, Any]], key: str) -> dict[str, float]:
-    """Stage-1 accuracy per :data:`STAGE1_GRID` threshold against the labels in ``key``."""
-    p = np.asarray([r["p_earl"] for r in rows])
-    earl = np.asarray([r[key] != "clinical" for r in rows])
-    return {f"{t:.2f}": float(np.mean((p >= t) == earl)) for t in STAGE1_GRID}
-
-
-def best_threshold(table: dict[str, float]) -> float:
-    """The best accuracy's threshold; ties go to the highest (the fewer EARL calls)."""
-    best = max(table.values())
-    return max(float(t) for t, acc in table.items() if acc == best)
+def label_table(rows: Sequence[dict[str, Any]], key: str) -> dict[str, float]:
+    """:func:`~training.earl.physest.threshold_table` of the rows' P(EARL) against the
+    labels in ``key``."""
+    return threshold_table(np.asarray([r["p_earl"] for r in rows]),
+                                   np.asarray([r[key] != "clinical" for r in rows]))
 
 
 def held_out_cases(report_path: Path, source: Bundle) -> list[dict[str, Any]]:
-    """The source bundle's held-out cases from a ``training.earl.analyze`` report.
+    """The source bundle's held-out cases from a ``training.earl.analyze`` report
+    (:func:`~training.earl.analyze.load_report`: its weights, split and case seeds).
 
     Raises
     ------
     ValueError
-        The report is of another bundle (checksum), split or number of cases.
+        The report is of other weights, another split or other cases.
     """
-    report = json.loads(report_path.read_text())
-    n_test = int(source.spec.get("training", {}).get("n_test_cases", 0))
-    if (report["bundle"]["sha256"], report["split"], len(report["cases"])) != (
-            source.sha256, "test", n_test):
-        raise ValueError(f"{report_path} is not a report of earl/{source.version}'s "
-                         f"{n_test} held-out cases")
-    return list(report["cases"])
+    return list(load_report(report_path, source, "test")["cases"])
 
 
 def retuned_spec(source: Bundle, version: str, chosen: float, tuning: dict[str, Any],
@@ -156,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                   sampler=sampler),
                                 case_tasks(args.n_per_class, args.seed), args.workers,
                                 "tuning cases")
-    table = threshold_table(rows, "precise_label")
+    table = label_table(rows, "precise_label")
     chosen = best_threshold(table)
     tuning = {
         "cases": len(rows), "seed": args.seed,
@@ -164,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"positions x {PRECISE_NOISE_DRAWS} noise draws",
         "precise_differs_from_stored": sum(r["precise_label"] != r["label"] for r in rows),
         "stage1_accuracy_by_threshold": table,
-        "stage1_accuracy_by_threshold_stored_labels": threshold_table(rows, "label"),
+        "stage1_accuracy_by_threshold_stored_labels": label_table(rows, "label"),
         "chosen": chosen, "retuned_from": f"earl/{source.version}"}
     LOGGER.info("stage-1 threshold against precise labels: %s", tuning)
     command = (f"python -m training.earl.retune --bundle {args.bundle} --n-per-class "
